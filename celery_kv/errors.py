@@ -1,0 +1,122 @@
+"""Exceptions raised by celery-kv.
+
+Every exception keeps all of its fields in ``args``, so it is rebuilt by
+``cls(*args)`` after Celery's JSON round trip through a result backend and
+its message still names the task, the key and the holder (lifecycle rule 8).
+"""
+
+from __future__ import annotations
+
+
+class KVError(Exception):
+    """Base class of every celery-kv error."""
+
+
+class CoordinationUnavailable(KVError):
+    """Redis could not be reached within the retry deadline."""
+
+    def __init__(self, operation: str = "", detail: str = "") -> None:
+        super().__init__(operation, detail)
+        self.operation = operation
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"Redis unavailable during {self.operation!r}: {self.detail}"
+
+
+class _HeldKeyError(KVError):
+    """An error about a key that some owner holds: carries task, key and holder."""
+
+    verb = "is held"
+
+    def __init__(self, key: str = "", holder: str | None = None, task_name: str | None = None):
+        super().__init__(key, holder, task_name)
+        self.key = key
+        self.holder = holder
+        self.task_name = task_name
+
+    def __str__(self) -> str:
+        where = f"task {self.task_name!r} " if self.task_name else ""
+        who = f" by {self.holder!r}" if self.holder else ""
+        return f"{where}key {self.key!r} {self.verb}{who}"
+
+
+class LockNotAcquired(_HeldKeyError):
+    """The lock could not be had (in time)."""
+
+    verb = "could not be locked; it is held"
+
+
+class LockLost(_HeldKeyError):
+    """A held lock expired or was taken before its owner finished."""
+
+    verb = "was lost; it is now held"
+
+
+class DuplicateTask(_HeldKeyError):
+    """A singleton task was enqueued while another instance holds its key."""
+
+    verb = "is already queued or running as task id"
+
+    def __str__(self) -> str:
+        where = f"task {self.task_name!r} " if self.task_name else ""
+        return f"{where}key {self.key!r} {self.verb} {self.holder!r}"
+
+
+class IdempotencyInProgress(_HeldKeyError):
+    """Another caller is running this idempotency key right now (IETF 409)."""
+
+    verb = "is in progress"
+
+
+class IdempotencyKeyReused(KVError):
+    """The same idempotency key arrived with a different request (IETF 422)."""
+
+    def __init__(self, key: str = "", task_name: str | None = None) -> None:
+        super().__init__(key, task_name)
+        self.key = key
+        self.task_name = task_name
+
+    def __str__(self) -> str:
+        where = f"task {self.task_name!r} " if self.task_name else ""
+        return (
+            f"{where}idempotency key {self.key!r} was reused with a different "
+            "fingerprint (arguments)"
+        )
+
+
+class RateLimitExceeded(KVError):
+    """A rate limit would delay the work past what the caller accepts."""
+
+    def __init__(
+        self,
+        key: str = "",
+        retry_after: float = 0.0,
+        task_name: str | None = None,
+        limit: str | None = None,
+    ) -> None:
+        super().__init__(key, retry_after, task_name, limit)
+        self.key = key
+        self.retry_after = retry_after
+        self.task_name = task_name
+        self.limit = limit
+
+    def __str__(self) -> str:
+        where = f"task {self.task_name!r} " if self.task_name else ""
+        which = f" ({self.limit})" if self.limit else ""
+        return (
+            f"{where}rate limit{which} for key {self.key!r} exceeded; "
+            f"retry after {self.retry_after:.3f}s"
+        )
+
+
+__all__ = [
+    "CoordinationUnavailable",
+    "DuplicateTask",
+    "IdempotencyInProgress",
+    "IdempotencyKeyReused",
+    "KVError",
+    "LockLost",
+    "LockNotAcquired",
+    "RateLimitExceeded",
+]

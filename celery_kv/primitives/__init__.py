@@ -1,0 +1,1 @@
+"""Framework-free building blocks; each operation is one script call."""

@@ -1,0 +1,96 @@
+"""Key layout: every key under the prefix, one ``{hash tag}`` per logical key.
+
+Layout: ``<prefix>:<kind>:{<identity>}[:<suffix>]``. ``identity`` is built from
+user-supplied parts that are percent-encoded, so ``:``, ``{``, ``}``, ``*`` and
+newlines never reach the key unescaped; ``"a:b"`` and ``("a", "b")`` encode
+differently. Long identities are replaced by a blake2b digest marked with ``#``,
+a character the encoding never emits, so a digest cannot meet a plain part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import TypeAlias
+
+KeyPart: TypeAlias = str | int | bytes
+KeyLike: TypeAlias = KeyPart | tuple[KeyPart, ...]
+
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+_MAX_IDENTITY = 120
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def encode_part(part: KeyPart) -> str:
+    """Percent-encode one user-supplied part (injective)."""
+    if isinstance(part, bool) or not isinstance(part, (str, int, bytes)):
+        raise TypeError(
+            f"key part {part!r} must be str, int or bytes, not {type(part).__name__}"
+        )
+    if isinstance(part, int):
+        # ints get their own marker so that 1 and "1" are distinct keys.
+        return "=" + str(part)
+    raw = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
+    prefix = "~" if isinstance(part, bytes) else ""
+    return prefix + "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw)
+
+
+def identity(key: KeyLike) -> str:
+    """Encode a key or a tuple of parts into one tag-safe identity string."""
+    parts: Iterable[KeyPart] = key if isinstance(key, tuple) else (key,)
+    encoded = ":".join(encode_part(p) for p in parts)
+    if isinstance(key, tuple):
+        encoded = "(" + encoded  # a 1-tuple never meets the bare part
+    if len(encoded) > _MAX_IDENTITY:
+        digest = hashlib.blake2b(encoded.encode("ascii"), digest_size=20).hexdigest()
+        return "#" + digest
+    return encoded
+
+
+def validate_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix) or len(prefix) > 64:
+        raise ValueError(
+            f"prefix {prefix!r} must be 1-64 characters of letters, digits, '_', '-', '.', '/'"
+            " (braces would break the cluster hash tag)"
+        )
+    return prefix
+
+
+def validate_namespace(namespace: str) -> str:
+    """Namespaces are chosen by the programmer, not by end users: keep them plain."""
+    if not isinstance(namespace, str) or not _PREFIX_RE.match(namespace) or len(namespace) > 64:
+        raise ValueError(
+            f"namespace {namespace!r} must be 1-64 characters of letters, digits, "
+            "'_', '-', '.', '/'"
+        )
+    return namespace
+
+
+class KeySpace:
+    """Builds keys under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = validate_prefix(prefix)
+
+    def tag(self, kind: str, key: KeyLike) -> str:
+        """The base key of one logical key: ``prefix:kind:{identity}``."""
+        if not _KIND_RE.match(kind):
+            raise ValueError(f"internal key kind {kind!r} is malformed")
+        return f"{self.prefix}:{kind}:{{{identity(key)}}}"
+
+    def key(self, kind: str, key: KeyLike, *suffix: str) -> str:
+        """A key in the same slot as ``tag(kind, key)``, with fixed suffixes."""
+        base = self.tag(kind, key)
+        return ":".join((base, *suffix)) if suffix else base
+
+    def pattern(self, kind: str | None = None) -> str:
+        """A SCAN MATCH pattern for every key of one kind (or all) under the prefix."""
+        escaped = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix)
+        return f"{escaped}:{kind}:*" if kind else f"{escaped}:*"
+
+
+def fingerprint(payload: bytes) -> str:
+    """A short stable digest of an already-encoded payload (arguments, requests)."""
+    return hashlib.blake2b(payload, digest_size=16).hexdigest()

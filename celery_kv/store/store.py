@@ -1,0 +1,64 @@
+"""The coordination module: one client, one prefix, scripts run under one retry policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from redis.commands.core import Script
+
+from . import scripts
+from .client import AnyRedis, connect, is_cluster
+from .keys import KeySpace
+from .retry import RetryPolicy
+
+T = TypeVar("T")
+
+
+class Store:
+    """Runs each coordination decision as one EVALSHA of one script.
+
+    A missing script (NOSCRIPT after a restart or failover) is loaded again and
+    the call retried once, by redis-py's ``Script``.
+    """
+
+    def __init__(
+        self, client: AnyRedis, prefix: str, retry: RetryPolicy | None = None
+    ) -> None:
+        self.client = client
+        self.keys = KeySpace(prefix)
+        self.retry = retry or RetryPolicy()
+        self._scripts: dict[str, tuple[Script, bool]] = {}
+
+    @classmethod
+    def from_url(
+        cls, url: str, prefix: str, retry: RetryPolicy | None = None, **options: Any
+    ) -> Store:
+        return cls(connect(url, **options), prefix, retry)
+
+    @property
+    def prefix(self) -> str:
+        return self.keys.prefix
+
+    @property
+    def cluster(self) -> bool:
+        return is_cluster(self.client)
+
+    def _script(self, name: str) -> tuple[Script, bool]:
+        found = self._scripts.get(name)
+        if found is None:
+            source = scripts.load(name)
+            found = (self.client.register_script(source.text), source.retry_safe)
+            self._scripts[name] = found
+        return found
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        """Run script ``name`` once (EVALSHA), under the retry policy."""
+        script, retry_safe = self._script(name)
+        return self.retry.call(
+            name, lambda: script(keys=list(keys), args=list(args)), retry_safe=retry_safe
+        )
+
+    def command(self, operation: str, fn: Callable[[AnyRedis], T], *, retry_safe: bool) -> T:
+        """Run one plain command (a read, a DEL) under the retry policy."""
+        return self.retry.call(operation, lambda: fn(self.client), retry_safe=retry_safe)
