@@ -1,0 +1,106 @@
+"""Faults done for real: a cut connection, a Redis restart, a Sentinel failover address."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from celery_kv import KV, CoordinationUnavailable
+from celery_kv.testing import RedisServer, _binary, free_port, start_server
+
+from .proxy import CuttableProxy
+
+
+@pytest.fixture
+def proxy(redis_srv: RedisServer) -> Iterator[CuttableProxy]:
+    p = CuttableProxy(redis_srv.port)
+    yield p
+    p.close()
+
+
+def test_cut_connection_backs_off_then_raises_coordination_unavailable(
+    proxy: CuttableProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    kv = KV.from_url(proxy.url, prefix="faults", retry_deadline=1.0)
+    key = [kv.store.keys.key("probe", "x")]
+    assert kv.store.run("noop", key) == 1
+    proxy.cut()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="celery_kv.store"), pytest.raises(
+        CoordinationUnavailable, match="noop"
+    ) as info:
+        kv.store.run("noop", key)
+    elapsed = time.monotonic() - started
+    retries = [r for r in caplog.records if "Retrying" in r.getMessage()]
+    assert len(retries) >= 2, "expected backed-off retries before giving up"
+    assert "attempts" in str(info.value)
+    assert 0.9 <= elapsed < 5.0, elapsed
+
+
+def test_retry_recovers_when_the_connection_comes_back(proxy: CuttableProxy) -> None:
+    kv = KV.from_url(proxy.url, prefix="faults", retry_deadline=10.0)
+    key = [kv.store.keys.key("probe", "y")]
+    assert kv.store.run("noop", key) == 1
+    proxy.cut()
+    threading.Timer(0.5, proxy.restore).start()
+    assert kv.store.run("noop", key) == 1
+    assert proxy.accepted >= 2
+
+
+def test_unsafe_script_is_not_replayed_after_a_lost_reply(redis_srv: RedisServer) -> None:
+    """A retry-unsafe script whose reply is lost mid-flight must surface, not run twice."""
+    import redis.exceptions as rexc
+
+    from celery_kv.store.retry import RetryPolicy, failed_before_send
+
+    calls = []
+
+    def lost_reply() -> int:
+        calls.append(1)
+        raise rexc.ConnectionError("Connection closed by server.")
+
+    with pytest.raises(CoordinationUnavailable):
+        RetryPolicy(deadline=2.0).call("hit", lost_reply, retry_safe=False)
+    assert calls == [1]
+    assert failed_before_send(rexc.ConnectionError("Error 111 connecting to 127.0.0.1:1."))
+
+
+def test_restart_loses_scripts_and_they_are_reloaded() -> None:
+    server = start_server()
+    try:
+        kv = KV.from_url(server.url, prefix="faults", retry_deadline=10.0)
+        key = [kv.store.keys.key("probe", "z")]
+        assert kv.store.run("server_time", key)
+        server.restart()  # a new process: empty script cache (NOSCRIPT), dropped sockets
+        assert float(kv.store.run("server_time", key)) > 0
+    finally:
+        server.stop()
+
+
+def test_sentinel_url_follows_the_master() -> None:
+    """redis+sentinel://host:port/service/db asks the sentinel where the master is."""
+    master = start_server()
+    sentinel_conf = f"{master.workdir}/sentinel.conf"
+    with open(sentinel_conf, "w") as f:
+        f.write(f"sentinel monitor primary 127.0.0.1 {master.port} 1\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [_binary("redis-server"), sentinel_conf, "--sentinel", "--port", str(port),
+         "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        kv = KV.from_url(
+            f"redis+sentinel://127.0.0.1:{port}/primary/0", prefix="sent", retry_deadline=10.0
+        )
+        assert kv.store.run("noop", [kv.store.keys.key("probe", "s")]) == 1
+        assert kv.store.client.connection_pool.get_master_address() == ("127.0.0.1", master.port)
+    finally:
+        proc.kill()
+        proc.wait()
+        master.stop()
