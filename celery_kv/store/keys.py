@@ -43,6 +43,8 @@ def identity(key: KeyLike) -> str:
     encoded = ":".join(encode_part(p) for p in parts)
     if isinstance(key, tuple):
         encoded = "(" + encoded  # a 1-tuple never meets the bare part
+    if not encoded:
+        return "!"  # Redis Cluster ignores an empty {} tag; "!" is never emitted otherwise
     if len(encoded) > _MAX_IDENTITY:
         digest = hashlib.blake2b(encoded.encode("ascii"), digest_size=20).hexdigest()
         return "#" + digest
