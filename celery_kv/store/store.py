@@ -52,11 +52,24 @@ class Store:
             self._scripts[name] = found
         return found
 
-    def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
-        """Run script ``name`` once (EVALSHA), under the retry policy."""
+    def run(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any] = (),
+        *,
+        read_only: bool = False,
+    ) -> Any:
+        """Run script ``name`` once (EVALSHA), under the retry policy.
+
+        ``read_only``: this call's arguments make the script change nothing (a
+        peek mode), so it is safe to retry whatever its file declares.
+        """
         script, retry_safe = self._script(name)
         return self.retry.call(
-            name, lambda: script(keys=list(keys), args=list(args)), retry_safe=retry_safe
+            name,
+            lambda: script(keys=list(keys), args=list(args)),
+            retry_safe=retry_safe or read_only,
         )
 
     def command(self, operation: str, fn: Callable[[AnyRedis], T], *, retry_safe: bool) -> T:

@@ -1,25 +1,14 @@
-"""STUB: being written."""
+"""Global rate limits: GCRA, sliding log, sliding window and fixed window.
 
-from __future__ import annotations
+Rate notation (``rate``), strategies (one module each over ``base.Algorithm``)
+and storage (one Lua script per strategy in ``store/scripts/ratelimit_*.lua``)
+are kept apart. Every decision is one script call on server time, a denied hit
+consumes nothing, and several limits can be charged all-or-nothing.
+"""
 
-from dataclasses import dataclass
-from typing import Any
+from .base import Algorithm
+from .decision import Decision
+from .limiter import ALGORITHMS, RateLimit, hit_all
+from .rate import Rate, parse_rate
 
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    limit: int
-    remaining: int
-    retry_after: float
-    reset_after: float
-    denied_by: str | None = None
-
-
-class RateLimit:
-    def __init__(self, store: Any, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError
-
-
-def hit_all(pairs: Any, cost: int = 1) -> Decision:
-    raise NotImplementedError
+__all__ = ["ALGORITHMS", "Algorithm", "Decision", "Rate", "RateLimit", "hit_all", "parse_rate"]

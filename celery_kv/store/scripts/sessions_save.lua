@@ -1,0 +1,27 @@
+-- Sessions save: replace the data of a live session and slide its TTL; the creation time
+-- stays. A missing session, a wrong secret or a session past its lifetime saves nothing.
+-- KEYS[1] the session record hash: s (secret hash), d (JSON data), c (created, ms)
+-- ARGV[1] secret hash, ARGV[2] JSON data, ARGV[3] TTL (ms), ARGV[4] max lifetime (ms, 0 = none)
+-- Returns 1 when saved, else 0.
+-- retry: safe (a second run writes the same data)
+local rec = redis.call('HMGET', KEYS[1], 's', 'c')
+if not rec[1] or rec[1] ~= ARGV[1] then
+  return 0
+end
+local ttl = tonumber(ARGV[3])
+local lifetime = tonumber(ARGV[4])
+if lifetime > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local left = tonumber(rec[2]) + lifetime - now
+  if left <= 0 then
+    redis.call('DEL', KEYS[1])
+    return 0
+  end
+  if left < ttl then
+    ttl = left
+  end
+end
+redis.call('HSET', KEYS[1], 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ttl))
+return 1
