@@ -100,3 +100,9 @@ def test_bad_urls_name_the_url(url: str) -> None:
     with pytest.raises(ValueError) as info:
         connect(url)
     assert repr(url) in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), {1, 2}, object()])
+def test_codec_refuses_values_json_cannot_carry(bad: object) -> None:
+    with pytest.raises(TypeError, match="not JSON"):
+        codec.dumps(bad, what="value")

@@ -1,10 +1,218 @@
-"""STUB: being written."""
+"""A JSON cache with a versioned namespace, single-flight fills and XFetch early recompute.
 
+Layout: every key of one namespace shares the hash tag ``{namespace}``, so one slot (one
+cluster node) holds a namespace. A script may only touch keys of one slot, and that is what
+lets ``clear()`` be O(1) and immediate: each value records the namespace version it was
+written under, and the script that reads it compares that with the namespace's version key
+in the same atomic step. A namespace is therefore a unit of placement too: spread very hot
+data over several namespaces. ``clear()`` moves the version to max(old + 1, server time in
+microseconds); a missing version key starts from server time too, so versions only grow
+and a lost version key never makes old values readable again. Cleared values stay in
+Redis, unreadable, until their own TTL ends. The version key lives at least 30 days (and
+twice the longest value TTL), refreshed on every write.
+
+``get_or_set`` runs ``compute`` once for a crowd of concurrent misses (single flight): the
+caller whose miss comes first takes a compute lease of ``lock_timeout`` seconds; the others
+wait on a Redis list (BLPOP, no spinning) until the value is filled, the computer gives up,
+or the lease runs out, and then look again. The lease is deliberately not renewed, so a
+hung computer holds the others up for at most ``lock_timeout``: a computer that dies, hangs
+or runs past it loses the lease and one waiter takes over. Set ``lock_timeout`` above your
+slowest compute. Before a value expires, one caller recomputes it early with the XFetch
+probability (Vattani et al., 2015) while everyone else keeps reading the old value; if that
+early compute raises, the exception propagates like any other compute error.
+"""
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from ..errors import KVError
+from ..store import KeyLike, Store, codec, identity
+from ..store.keys import validate_namespace
+from ._arguments import positive_seconds, short, text, to_ms
+
+log = logging.getLogger("celery_kv.cache")
+
+DEFAULT_LOCK_TIMEOUT = 10.0
+_VERSION_TTL_MIN_MS = 30 * 24 * 3600 * 1000  # the namespace version outlives every value
+_MAX_WAIT_SLICE = 1.0  # stay under the client's socket timeout while blocked in BLPOP
+
+
+@dataclass(frozen=True)
+class _Keys:
+    version: str
+    value: str
+    lease: str
+    waiters: str
+    notify: str
 
 
 class Cache:
-    def __init__(self, store: Any, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError
+    """A cache namespace: ``get``/``set``/``delete``, ``get_or_set`` and O(1) ``clear``.
+
+    ``ttl`` is the default lifetime of a value in seconds. ``beta`` scales XFetch's early
+    recompute (0 turns it off; above 1 recomputes earlier). ``lock_timeout`` (default 10 s)
+    is the single-flight compute lease: how long other callers wait for one computer before
+    one of them takes over.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        namespace: str,
+        ttl: float = 300.0,
+        *,
+        beta: float = 1.0,
+        lock_timeout: float | None = None,
+    ) -> None:
+        self.store = store
+        self.namespace = validate_namespace(namespace)
+        self.ttl = positive_seconds(f"cache {namespace!r} ttl", ttl)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (
+            math.isfinite(beta) and beta >= 0
+        ):
+            raise ValueError(f"cache {namespace!r} beta {beta!r} must be a finite number >= 0")
+        self.beta = float(beta)
+        self.lock_timeout = positive_seconds(
+            f"cache {namespace!r} lock_timeout",
+            DEFAULT_LOCK_TIMEOUT if lock_timeout is None else lock_timeout,
+        )
+        self._version_key = store.keys.key("cache", namespace, "ver")
+        self._random: Callable[[], float] = random.random  # tests pin it
+
+    # -- plain operations: one script each -------------------------------------------------
+
+    def get(self, key: KeyLike, default: Any = None) -> Any:
+        """The cached value, or ``default`` on a miss. A cached ``None``/``0``/``""`` is a hit."""
+        keys = self._keys(key)
+        raw = self.store.run("cache_get", [keys.version, keys.value])
+        return default if raw is None else codec.loads(raw)
+
+    def set(self, key: KeyLike, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` (JSON) for ``ttl`` seconds (default: the cache's ttl)."""
+        seconds = self._ttl(ttl)
+        keys = self._keys(key)
+        raw = self._encode(key, value)
+        args = [raw, to_ms(seconds), self._version_ms(seconds)]
+        self.store.run("cache_set", [keys.version, keys.value], args)
+
+    def delete(self, key: KeyLike) -> bool:
+        """Remove one value; True when a live value was there."""
+        keys = self._keys(key)
+        return bool(self.store.run("cache_delete", [keys.version, keys.value]))
+
+    def clear(self) -> None:
+        """Invalidate every value of the namespace at once (one O(1) script)."""
+        self.store.run("cache_clear", [self._version_key], [self._version_ms(self.ttl)])
+
+    # -- single flight -----------------------------------------------------------------------
+
+    def get_or_set(self, key: KeyLike, compute: Callable[[], Any], ttl: float | None = None) -> Any:
+        """The cached value, or ``compute()`` run by one caller for all concurrent misses.
+
+        Every caller gets the value as it round-trips through JSON, so the computer and the
+        waiters see the same thing. If ``compute`` raises, the lease is released, a waiter
+        takes over, and the exception propagates to this caller.
+        """
+        seconds = self._ttl(ttl)
+        keys = self._keys(key)
+        token = uuid.uuid4().hex
+        while True:
+            status, raw, ms, version = self._fetch(keys, token)
+            if status == "hit":
+                return codec.loads(raw)
+            if status == "wait":
+                self._wait(keys, ms / 1000.0)
+                continue
+            return self._compute(key, keys, token, version, compute, seconds)
+
+    def _fetch(self, keys: _Keys, token: str) -> tuple[str, str, int, str]:
+        # XFetch: recompute early when now - delta*beta*log(rand) >= expiry, rand in (0, 1].
+        # The client draws the random factor; the script compares it on server time.
+        factor = -self.beta * math.log(1.0 - self._random()) if self.beta else 0.0
+        reply = self.store.run(
+            "cache_fetch",
+            [keys.version, keys.value, keys.lease, keys.waiters, keys.notify],
+            [token, to_ms(self.lock_timeout), repr(factor), self._version_ms(self.ttl)],
+        )
+        status, raw, ms, version = reply
+        return text(status), text(raw), int(ms), text(version)
+
+    def _wait(self, keys: _Keys, lease_left: float) -> None:
+        """Block until a fill or abandon wakes us, or the computer's lease should be over."""
+        timeout = min(max(lease_left + 0.05, 0.01), _MAX_WAIT_SLICE)
+        # A failed wait is harmless: the next fetch decides, and raises if Redis is gone.
+        with contextlib.suppress(KVError):
+            self.store.command(
+                "cache_wait", lambda c: c.blpop([keys.notify], timeout=timeout), retry_safe=False
+            )
+
+    def _compute(
+        self,
+        key: KeyLike,
+        keys: _Keys,
+        token: str,
+        version: str,
+        compute: Callable[[], Any],
+        seconds: float,
+    ) -> Any:
+        started = time.perf_counter()
+        try:
+            raw = self._encode(key, compute())
+        except BaseException:
+            self._abandon(keys, token)
+            raise
+        delta_ms = (time.perf_counter() - started) * 1000.0
+        self.store.run(
+            "cache_fill",
+            [keys.version, keys.value, keys.lease, keys.waiters, keys.notify],
+            [token, raw, to_ms(seconds), f"{delta_ms:.3f}", version,
+             self._version_ms(seconds), to_ms(self.lock_timeout)],
+        )
+        return codec.loads(raw)
+
+    def _abandon(self, keys: _Keys, token: str) -> None:
+        try:
+            self.store.run(
+                "cache_abandon",
+                [keys.lease, keys.waiters, keys.notify],
+                [token, to_ms(self.lock_timeout)],
+            )
+        except KVError as exc:  # the lease runs out by itself; keep the caller's exception
+            log.warning("could not release the compute lease of %s: %s", keys.lease, exc)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _keys(self, key: KeyLike) -> _Keys:
+        ident = identity(key)
+        space, ns = self.store.keys, self.namespace
+        return _Keys(
+            version=self._version_key,
+            value=space.key("cache", ns, "v", ident),
+            lease=space.key("cache", ns, "lease", ident),
+            waiters=space.key("cache", ns, "waiters", ident),
+            notify=space.key("cache", ns, "notify", ident),
+        )
+
+    def _ttl(self, ttl: float | None) -> float:
+        if ttl is None:
+            return self.ttl
+        return positive_seconds(f"cache {self.namespace!r} ttl", ttl)
+
+    def _version_ms(self, seconds: float) -> int:
+        return max(_VERSION_TTL_MIN_MS, 2 * to_ms(seconds))
+
+    def _encode(self, key: KeyLike, value: Any) -> str:
+        return codec.dumps(
+            value, what=f"cache value for key {short(key)} in namespace {self.namespace!r}"
+        )
+
+    def __repr__(self) -> str:
+        return f"Cache(namespace={self.namespace!r}, ttl={self.ttl!r})"

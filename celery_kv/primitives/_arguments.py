@@ -1,0 +1,35 @@
+"""Argument checks and unit conversions shared by the cache, idempotency and sessions.
+
+Each primitive validates its options when it is built, so a bad TTL fails at once with a
+message that names it, and nothing reaches Redis.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def positive_seconds(what: str, value: Any) -> float:
+    """``value`` as finite seconds > 0, or a ValueError that names ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} {value!r} must be a number of seconds > 0")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{what} {value!r} must be a finite number of seconds > 0")
+    return float(value)
+
+
+def to_ms(seconds: float) -> int:
+    """Whole milliseconds for Redis, never 0 (PEXPIRE 0 would delete at once)."""
+    return max(1, round(seconds * 1000))
+
+
+def text(raw: Any) -> str:
+    """A reply as ``str``, whether the client decodes responses or not."""
+    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+
+
+def short(key: Any, limit: int = 80) -> str:
+    """``repr(key)`` cut to ``limit`` characters, for error messages about 10 KB keys."""
+    shown = repr(key)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
