@@ -51,6 +51,14 @@ class RetryPolicy:
                 return False
             return retry_safe or failed_before_send(exc)
 
+        # The fast path: a healthy call pays nothing for the retry machinery.
+        try:
+            return fn()
+        except _TRANSIENT as exc:
+            if not transient(exc):
+                raise CoordinationUnavailable(operation, f"{type(exc).__name__}: {exc}") from exc
+            log.warning("Redis call %s failed, retrying with backoff: %s", operation, exc)
+
         def give_up(state: RetryCallState) -> Any:
             exc = state.outcome.exception() if state.outcome else None
             raise CoordinationUnavailable(
