@@ -17,7 +17,9 @@ from celery_kv.store.client import connect
 from .conftest import count_commands
 
 PARTS = st.one_of(st.text(max_size=40), st.integers(), st.binary(max_size=20))
-KEYS = st.one_of(PARTS, st.tuples(PARTS), st.tuples(PARTS, PARTS), st.tuples(PARTS, PARTS, PARTS))
+KEYS = st.one_of(
+    PARTS, st.just(()), st.tuples(PARTS), st.tuples(PARTS, PARTS), st.tuples(PARTS, PARTS, PARTS)
+)
 
 
 @given(KEYS, KEYS)
@@ -38,6 +40,7 @@ def test_colon_string_and_tuple_differ() -> None:
     assert keys.identity("1") != keys.identity(1)
     assert keys.identity("x") != keys.identity(("x",))
     assert keys.identity("x") != keys.identity(b"x")
+    assert len({keys.identity(k) for k in ["", b"", (), ("",), (b"",), ("", ""), (0,)]}) == 7
 
 
 def test_long_parts_are_hashed_and_distinct() -> None:

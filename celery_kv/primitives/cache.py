@@ -27,8 +27,8 @@ import contextlib
 import logging
 import math
 import random
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +43,7 @@ log = logging.getLogger("celery_kv.cache")
 DEFAULT_LOCK_TIMEOUT = 10.0
 _VERSION_TTL_MIN_MS = 30 * 24 * 3600 * 1000  # the namespace version outlives every value
 _MAX_WAIT_SLICE = 1.0  # stay under the client's socket timeout while blocked in BLPOP
+_FETCH_STATUS = {"r": "refresh", "c": "compute", "w": "wait"}
 
 
 @dataclass(frozen=True)
@@ -85,23 +86,23 @@ class Cache:
             DEFAULT_LOCK_TIMEOUT if lock_timeout is None else lock_timeout,
         )
         self._version_key = store.keys.key("cache", namespace, "ver")
+        self._head = store.keys.head("cache", namespace)  # + "<role>:<identity>"
         self._random: Callable[[], float] = random.random  # tests pin it
 
     # -- plain operations: one script each -------------------------------------------------
 
     def get(self, key: KeyLike, default: Any = None) -> Any:
         """The cached value, or ``default`` on a miss. A cached ``None``/``0``/``""`` is a hit."""
-        keys = self._keys(key)
-        raw = self.store.run("cache_get", [keys.version, keys.value])
+        value_key = self._head + "v:" + identity(key)
+        raw = self.store.run("cache_get", (self._version_key, value_key))
         return default if raw is None else codec.loads(raw)
 
     def set(self, key: KeyLike, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` (JSON) for ``ttl`` seconds (default: the cache's ttl)."""
         seconds = self._ttl(ttl)
-        keys = self._keys(key)
         raw = self._encode(key, value)
-        args = [raw, to_ms(seconds), self._version_ms(seconds)]
-        self.store.run("cache_set", [keys.version, keys.value], args)
+        args = (raw, to_ms(seconds), self._version_ms(seconds))
+        self.store.run("cache_set", (self._version_key, self._head + "v:" + identity(key)), args)
 
     def delete(self, key: KeyLike) -> bool:
         """Remove one value; True when a live value was there."""
@@ -123,7 +124,7 @@ class Cache:
         """
         seconds = self._ttl(ttl)
         keys = self._keys(key)
-        token = uuid.uuid4().hex
+        token = secrets.token_hex(16)
         while True:
             status, raw, ms, version = self._fetch(keys, token)
             if status == "hit":
@@ -137,13 +138,17 @@ class Cache:
         # XFetch: recompute early when now - delta*beta*log(rand) >= expiry, rand in (0, 1].
         # The client draws the random factor; the script compares it on server time.
         factor = -self.beta * math.log(1.0 - self._random()) if self.beta else 0.0
-        reply = self.store.run(
+        reply = text(self.store.run(
             "cache_fetch",
-            [keys.version, keys.value, keys.lease, keys.waiters, keys.notify],
-            [token, to_ms(self.lock_timeout), repr(factor), self._version_ms(self.ttl)],
-        )
-        status, raw, ms, version = reply
-        return text(status), text(raw), int(ms), text(version)
+            (keys.version, keys.value, keys.lease, keys.waiters, keys.notify),
+            (token, to_ms(self.lock_timeout), repr(factor), self._version_ms(self.ttl)),
+        ))
+        # One string (see the script): "h<value>" on a plain hit, else
+        # "<status letter><ms> <version>[ <value>]".
+        if reply[0] == "h":
+            return "hit", reply[1:], 0, ""
+        head, version, *value = reply[1:].split(" ", 2)
+        return _FETCH_STATUS[reply[0]], value[0] if value else "", int(head), version
 
     def _wait(self, keys: _Keys, lease_left: float) -> None:
         """Block until a fill or abandon wakes us, or the computer's lease should be over."""
@@ -191,14 +196,13 @@ class Cache:
     # -- helpers -------------------------------------------------------------------------------
 
     def _keys(self, key: KeyLike) -> _Keys:
-        ident = identity(key)
-        space, ns = self.store.keys, self.namespace
+        ident, head = identity(key), self._head
         return _Keys(
             version=self._version_key,
-            value=space.key("cache", ns, "v", ident),
-            lease=space.key("cache", ns, "lease", ident),
-            waiters=space.key("cache", ns, "waiters", ident),
-            notify=space.key("cache", ns, "notify", ident),
+            value=head + "v:" + ident,
+            lease=head + "lease:" + ident,
+            waiters=head + "waiters:" + ident,
+            notify=head + "notify:" + ident,
         )
 
     def _ttl(self, ttl: float | None) -> float:

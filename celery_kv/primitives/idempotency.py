@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -79,6 +79,9 @@ def fingerprint_of(args: tuple[Any, ...], kwargs: dict[str, Any], *, what: str) 
     return digest(canonical.encode("utf-8"))
 
 
+_NO_ARGUMENTS = fingerprint_of((), {}, what="no arguments")  # the common case, computed once
+
+
 class Idempotency:
     """Idempotency keys in one namespace: results kept ``ttl`` s, claims leased ``lease`` s."""
 
@@ -112,8 +115,11 @@ class Idempotency:
         """
         self._check_key(key)
         if fingerprint is None:
-            fingerprint = fingerprint_of(args, kwargs, what=f"arguments for {self._what(key)}")
-        owner = uuid.uuid4().hex
+            fingerprint = (
+                fingerprint_of(args, kwargs, what=f"arguments for {self._what(key)}")
+                if args or kwargs else _NO_ARGUMENTS
+            )
+        owner = secrets.token_hex(16)
         claim = self.begin(key, owner, fingerprint)
         if claim.status == "completed":
             return claim.result

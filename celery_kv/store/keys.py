@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
-from typing import TypeAlias
+from collections.abc import Iterable, Sized
+from typing import TypeAlias, cast
 
 KeyPart: TypeAlias = str | int | bytes
 KeyLike: TypeAlias = KeyPart | tuple[KeyPart, ...]
@@ -21,6 +21,11 @@ _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _MAX_IDENTITY = 120
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_MEMO_MAX = 4096  # identities remembered; the memo is emptied when full, so it stays bounded
+_MEMO_PART = 128  # longer parts are not remembered: a 10 KB key must not pin 10 KB
+_MEMO_INT = 2**64
+# Keyed by exact types only (see _memoizable): True == 1 and 1.0 == 1 must not share an entry.
+_memo: dict[KeyLike, str] = {}
 
 
 def encode_part(part: KeyPart) -> str:
@@ -32,19 +37,53 @@ def encode_part(part: KeyPart) -> str:
     if isinstance(part, int):
         # ints get their own marker so that 1 and "1" are distinct keys.
         return "=" + str(part)
-    raw = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
-    prefix = "~" if isinstance(part, bytes) else ""
-    return prefix + "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw)
+    if isinstance(part, bytes):
+        return "~" + "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in part)
+    if not part:
+        # "!" is never emitted otherwise; it keeps ("",) apart from (), and Redis
+        # Cluster would ignore an empty {} hash tag.
+        return "!"
+    raw = part.encode("utf-8", "surrogatepass")
+    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw)
 
 
 def identity(key: KeyLike) -> str:
-    """Encode a key or a tuple of parts into one tag-safe identity string."""
+    """Encode a key or a tuple of parts into one tag-safe identity string.
+
+    Short keys of exactly str, int or bytes (or tuples of them) are remembered
+    in a bounded memo: hot identities (a tenant, a lock name) skip re-encoding.
+    """
+    kind = type(key)
+    if kind is tuple:
+        memoizable = all(map(_memoizable, cast(tuple[object, ...], key)))
+    else:
+        memoizable = _memoizable(key)
+    if memoizable:
+        found = _memo.get(key)
+        if found is not None:
+            return found
+    encoded = _identity(key)
+    if memoizable:
+        if len(_memo) >= _MEMO_MAX:
+            _memo.clear()
+        _memo[key] = encoded
+    return encoded
+
+
+def _memoizable(part: object) -> bool:
+    kind = type(part)
+    if kind is int:
+        return -_MEMO_INT < cast(int, part) < _MEMO_INT
+    if kind is str or kind is bytes:
+        return len(cast(Sized, part)) <= _MEMO_PART
+    return False
+
+
+def _identity(key: KeyLike) -> str:
     parts: Iterable[KeyPart] = key if isinstance(key, tuple) else (key,)
     encoded = ":".join(encode_part(p) for p in parts)
     if isinstance(key, tuple):
         encoded = "(" + encoded  # a 1-tuple never meets the bare part
-    if not encoded:
-        return "!"  # Redis Cluster ignores an empty {} tag; "!" is never emitted otherwise
     if len(encoded) > _MAX_IDENTITY:
         digest = hashlib.blake2b(encoded.encode("ascii"), digest_size=20).hexdigest()
         return "#" + digest
@@ -75,12 +114,19 @@ class KeySpace:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = validate_prefix(prefix)
+        self._kinds: set[str] = set()  # kinds already checked
 
     def tag(self, kind: str, key: KeyLike) -> str:
         """The base key of one logical key: ``prefix:kind:{identity}``."""
-        if not _KIND_RE.match(kind):
-            raise ValueError(f"internal key kind {kind!r} is malformed")
+        if kind not in self._kinds:
+            if not isinstance(kind, str) or not _KIND_RE.match(kind):
+                raise ValueError(f"internal key kind {kind!r} is malformed")
+            self._kinds.add(kind)
         return f"{self.prefix}:{kind}:{{{identity(key)}}}"
+
+    def head(self, kind: str, key: KeyLike, *suffix: str) -> str:
+        """``key(kind, key, *suffix) + ":"``: built once, so a hot path only appends."""
+        return self.key(kind, key, *suffix) + ":"
 
     def key(self, kind: str, key: KeyLike, *suffix: str) -> str:
         """A key in the same slot as ``tag(kind, key)``, with fixed suffixes."""

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from . import scripts
 from .client import AnyRedis, connect, is_cluster
@@ -19,7 +20,9 @@ class Store:
     """Runs each coordination decision as one EVALSHA of one script.
 
     A missing script (NOSCRIPT after a restart or failover) is loaded again and
-    the call retried once, by redis-py's ``Script``.
+    the call retried once, as redis-py's ``Script`` does; the call goes straight to
+    ``execute_command`` so a warm call pays for no more than the command itself
+    (RedisCluster routes EVALSHA by its first key all the same).
     """
 
     def __init__(
@@ -65,12 +68,21 @@ class Store:
         ``read_only``: this call's arguments make the script change nothing (a
         peek mode), so it is safe to retry whatever its file declares.
         """
-        script, retry_safe = self._script(name)
+        script, retry_safe = self._scripts.get(name) or self._script(name)
         return self.retry.call(
             name,
-            lambda: script(keys=list(keys), args=list(args)),
+            lambda: self._evalsha(script, keys, args),
             retry_safe=retry_safe or read_only,
         )
+
+    def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One EVALSHA; on NOSCRIPT, load the script and run it once more."""
+        execute = self.client.execute_command
+        try:
+            return execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            script.sha = self.client.script_load(script.script)
+            return execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def command(self, operation: str, fn: Callable[[AnyRedis], T], *, retry_safe: bool) -> T:
         """Run one plain command (a read, a DEL) under the retry policy."""

@@ -35,6 +35,8 @@ def _label(value: Any, what: str) -> str:
 
 
 def _check_cost(cost: Any, limits: Sequence[RateLimit]) -> int:
+    if cost == 1 and type(cost) is int:  # every limit admits 1
+        return 1
     if isinstance(cost, bool) or not isinstance(cost, int):
         raise TypeError(f"cost {cost!r} must be an integer >= 1, not {type(cost).__name__}")
     if cost < 1:
@@ -86,7 +88,15 @@ class RateLimit:
         self.rate = parsed
         self.name = _label(self.strategy.label if name is None else name, "name")
         self.scope = _label(self.name if scope is None else scope, "scope")
-        self._name_part = identity(self.name)
+        # Built once: a hit only appends the identity and sends these arguments.
+        if self.name == self.scope:
+            self._head = store.keys.head("rl", self.scope)
+        else:
+            self._head = store.keys.head("rl", self.scope, identity(self.name))
+        self._arguments = self.strategy.arguments()
+        self._capacity = self.strategy.capacity
+        self._hit_one = ("hit", 1, *self._arguments)
+        self._peek = ("peek", 1, *self._arguments)
 
     @property
     def algorithm(self) -> str:
@@ -99,17 +109,35 @@ class RateLimit:
 
     def redis_key(self, key: KeyLike) -> str:
         """The Redis key holding the state of identity ``key``."""
-        if self.name == self.scope:
-            return self.store.keys.key("rl", self.scope, identity(key))
-        return self.store.keys.key("rl", self.scope, self._name_part, identity(key))
+        return self._head + identity(key)
 
     def hit(self, key: KeyLike, cost: int = 1) -> Decision:
         """Take ``cost`` units for ``key`` if they are all available; a denial takes none."""
-        return _run([(self, key)], _check_cost(cost, [self]), "hit")
+        if cost == 1 and type(cost) is int:  # every limit admits 1: nothing to check
+            return self._run_one(key, self._hit_one, False)
+        cost = _check_cost(cost, [self])
+        return self._run_one(key, ("hit", cost, *self._arguments), False)
 
     def peek(self, key: KeyLike) -> Decision:
         """Would one unit be admitted now? Consumes nothing."""
-        return _run([(self, key)], 1, "peek")
+        return self._run_one(key, self._peek, True)
+
+    def _run_one(self, key: KeyLike, args: tuple[Any, ...], peek: bool) -> Decision:
+        """``_run`` for one pair, without the bookkeeping that only several pairs need."""
+        reply = self.store.run(
+            self.strategy.script, (self._head + identity(key),), args, read_only=peek
+        )
+        at, allowed, remaining, retry_us, reset_us = reply.split()
+        ok = allowed == b"1" or allowed == "1"
+        return Decision(
+            ok,
+            self._capacity,
+            int(remaining),
+            int(retry_us) / 1_000_000,
+            int(reset_us) / 1_000_000,
+            None if ok else self.name,
+            int(at) / 1_000_000,
+        )
 
     def reset(self, key: KeyLike) -> None:
         """Forget everything counted for ``key`` (one UNLINK)."""
@@ -156,29 +184,32 @@ def hit_all(charges: Sequence[tuple[RateLimit, KeyLike]], cost: int = 1) -> Deci
 
 def _run(pairs: Sequence[tuple[RateLimit, KeyLike]], cost: int, mode: str) -> Decision:
     """One EVALSHA of the strategy's script over every pair's key."""
-    keys = [limit.redis_key(key) for limit, key in pairs]
+    keys = [limit._head + identity(key) for limit, key in pairs]
     if len(set(keys)) != len(keys):
         raise ValueError("hit_all got the same rate limit and key twice; charge it once")
     args: list[int | str] = [mode, cost]
     for limit, _ in pairs:
-        args.extend(limit.strategy.arguments())
+        args.extend(limit._arguments)
     first = pairs[0][0]
     reply = first.store.run(first.strategy.script, keys, args, read_only=mode == "peek")
-    raw = [int(v) for v in reply]
-    at = raw[0] / 1_000_000
-    decisions = [
-        Decision(
-            allowed=bool(raw[1 + i * _FIELDS]),
-            limit=limit.capacity,
-            remaining=raw[2 + i * _FIELDS],
-            retry_after=raw[3 + i * _FIELDS] / 1_000_000,
-            reset_after=raw[4 + i * _FIELDS] / 1_000_000,
-            denied_by=None if raw[1 + i * _FIELDS] else limit.name,
-            at=at,
-        )
-        for i, (limit, _) in enumerate(pairs)
-    ]
-    denied = [d for d in decisions if not d.allowed]
-    if denied:
-        return max(denied, key=lambda d: d.retry_after)
-    return min(decisions, key=lambda d: d.remaining)
+    raw = [int(v) for v in reply.split()]  # one string of integers, see the script
+    # The answer: the denial with the longest retry_after, else the least remaining
+    # (the first such pair on a tie); only that pair's Decision is built.
+    chosen, denied = 0, False
+    for i in range(len(pairs)):
+        base = i * _FIELDS
+        if not raw[1 + base]:
+            if not denied or raw[3 + base] > raw[3 + chosen * _FIELDS]:
+                chosen, denied = i, True
+        elif not denied and raw[2 + base] < raw[2 + chosen * _FIELDS]:
+            chosen = i
+    limit, base = pairs[chosen][0], chosen * _FIELDS
+    return Decision(
+        allowed=not denied,
+        limit=limit.capacity,
+        remaining=raw[2 + base],
+        retry_after=raw[3 + base] / 1_000_000,
+        reset_after=raw[4 + base] / 1_000_000,
+        denied_by=limit.name if denied else None,
+        at=raw[0] / 1_000_000,
+    )

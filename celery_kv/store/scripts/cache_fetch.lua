@@ -8,9 +8,10 @@
 -- KEYS[5] notify list (all under the namespace's {tag})
 -- ARGV[1] caller token, ARGV[2] lease (ms), ARGV[3] XFetch factor -beta*log(rand) (>= 0),
 -- ARGV[4] version-key TTL (ms)
--- Returns {status, value, ms, version}: status 'hit' (value), 'refresh' (value; recompute
--- early, lease held), 'compute' (miss; lease held for ms), 'wait' (miss; lease held by
--- another for ms more). value is '' when there is none.
+-- Returns one string (a bulk reply parses faster than an array): 'h' .. value on a hit;
+-- 'r' .. ms .. ' ' .. version .. ' ' .. value to refresh (a hit; recompute early, lease held
+-- for ms); 'c' .. ms .. ' ' .. version to compute (a miss; lease held for ms); 'w' .. ms ..
+-- ' ' .. version to wait (a miss; the lease is another's for ms more).
 -- retry: safe (a second run by the same token re-enters its own lease; an extra waiter
 -- registration only wakes one more time)
 local lease_ms = tonumber(ARGV[2])
@@ -26,15 +27,15 @@ if rec[1] == version and rec[2] then
   local delta = tonumber(rec[3]) or 0
   if factor > 0 and delta > 0 and delta * factor >= redis.call('PTTL', KEYS[2]) then
     if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', lease_ms) then
-      return {'refresh', rec[2], lease_ms, version}
+      return 'r' .. ARGV[2] .. ' ' .. version .. ' ' .. rec[2]
     end
   end
-  return {'hit', rec[2], 0, version}
+  return 'h' .. rec[2]
 end
 local holder = redis.call('GET', KEYS[3])
 if not holder or holder == ARGV[1] then
   redis.call('SET', KEYS[3], ARGV[1], 'PX', lease_ms)
-  return {'compute', '', lease_ms, version}
+  return 'c' .. ARGV[2] .. ' ' .. version
 end
 local left = redis.call('PTTL', KEYS[3])
 if left < 0 then
@@ -42,4 +43,4 @@ if left < 0 then
 end
 redis.call('INCR', KEYS[4])
 redis.call('PEXPIRE', KEYS[4], left + lease_ms)
-return {'wait', '', left, version}
+return 'w' .. string.format('%d', left) .. ' ' .. version

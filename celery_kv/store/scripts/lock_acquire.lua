@@ -12,7 +12,8 @@
 -- Returns {1, fence} when the token holds the lock now (fence as a decimal string),
 --         {0, holder, holder_pttl_ms} when another token holds it.
 -- retry: safe (a second run by the same token re-enters: same fence, lease set again)
-local owner = redis.call('HGET', KEYS[1], 'owner')
+local held = redis.call('HMGET', KEYS[1], 'owner', 'fence')
+local owner = held[1]
 if owner and ARGV[4] ~= '' and owner == ARGV[4] then
   redis.call('HSET', KEYS[1], 'owner', ARGV[1])
   owner = ARGV[1]
@@ -20,7 +21,7 @@ end
 if owner == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  return {1, redis.call('HGET', KEYS[1], 'fence')}
+  return {1, held[2]}
 end
 if owner then
   return {0, owner, redis.call('PTTL', KEYS[1])}
