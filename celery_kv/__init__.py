@@ -1,5 +1,14 @@
 """celery-kv: Redis coordination for Celery workers, correct under concurrency and crashes."""
 
+from . import signals
+from .celery import (
+    CachedTask,
+    IdempotentTask,
+    KVTask,
+    RateLimitedTask,
+    SingletonTask,
+    install,
+)
 from .errors import (
     CoordinationUnavailable,
     DuplicateTask,
@@ -15,15 +24,23 @@ from .primitives.ratelimit import Decision
 
 __version__ = "0.1.0"
 
+
 __all__ = [
     "KV",
+    "CachedTask",
     "CoordinationUnavailable",
     "Decision",
     "DuplicateTask",
     "IdempotencyInProgress",
     "IdempotencyKeyReused",
+    "IdempotentTask",
     "KVError",
+    "KVTask",
     "LockLost",
     "LockNotAcquired",
     "RateLimitExceeded",
+    "RateLimitedTask",
+    "SingletonTask",
+    "install",
+    "signals",
 ]

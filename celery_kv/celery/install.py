@@ -1,0 +1,135 @@
+"""``install(app)``: one ``KV`` per app, the worker hooks, and definition-time checks.
+
+Call it after the app is configured (``kv_*`` settings, broker URL), before the
+tasks are defined::
+
+    app = Celery("proj", broker="redis://127.0.0.1:6379/0")
+    app.conf.kv_prefix = "proj"
+    kv = install(app)
+
+It finalizes the app, so every task defined afterwards is created, and its options
+checked, right at its decorator (a bad option fails at import, not at the first
+call). Calling it twice returns the same ``KV``.
+
+Worker hooks: ``worker_process_init`` drops the connections a prefork child
+inherited (no socket is shared across a fork); ``task_revoked`` (worker main
+process) releases the keys of a revoked task id, queued or running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import signals as celery_signals
+
+from ..kv import KV
+from .config import Settings
+
+log = logging.getLogger("celery_kv.celery")
+
+_ATTR = "_celery_kv_installed"
+_lock = threading.Lock()
+_apps: list[Any] = []  # installed apps, for the process-wide hooks
+
+
+class Installed:
+    """What celery-kv keeps per app: its settings and its KV (built on first use)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.settings = Settings.from_conf(app.conf)
+        self._kv: KV | None = None
+        self._kv_lock = threading.Lock()
+
+    @property
+    def kv(self) -> KV:
+        if self._kv is None:
+            with self._kv_lock:
+                if self._kv is None:
+                    self._kv = self._build()
+        return self._kv
+
+    def use(self, kv: KV) -> None:
+        self._kv = kv
+
+    def _build(self) -> KV:
+        url = self.settings.coordination_url(self.app.conf.broker_url)
+        return KV.from_url(url, self.settings.prefix, retry_deadline=self.settings.retry_deadline)
+
+    def after_fork(self) -> None:
+        """Drop connections inherited from the parent; the child opens its own."""
+        if self._kv is not None:
+            drop_connections(self._kv.client)
+
+
+def drop_connections(client: Any) -> None:
+    """Forget (never close: the parent still uses them) every pooled connection."""
+    pools = []
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        pools.append(pool)
+    get_nodes = getattr(client, "get_nodes", None)
+    if callable(get_nodes):
+        for node in get_nodes():
+            node_client = getattr(node, "redis_connection", None)
+            if node_client is not None:
+                pools.append(node_client.connection_pool)
+    for found in pools:
+        reset = getattr(found, "reset", None)
+        if callable(reset):
+            reset()
+
+
+def installed(app: Any) -> Installed:
+    """The app's celery-kv state, created (and the hooks connected) on first use."""
+    state = app.__dict__.get(_ATTR)
+    if state is None:
+        with _lock:
+            state = app.__dict__.get(_ATTR)
+            if state is None:
+                state = Installed(app)
+                setattr(app, _ATTR, state)
+                _apps.append(app)
+                _connect_hooks()
+    return state  # type: ignore[no-any-return]
+
+
+def install(app: Any, kv: KV | None = None) -> KV:
+    """Set celery-kv up on ``app`` and return its ``KV`` (pass ``kv`` to use your own)."""
+    state = installed(app)
+    if kv is not None:
+        state.use(kv)
+    result = state.kv
+    app.finalize()
+    return result
+
+
+_hooks_connected = False
+
+
+def _connect_hooks() -> None:
+    global _hooks_connected
+    if _hooks_connected:
+        return
+    _hooks_connected = True
+    celery_signals.worker_process_init.connect(_on_worker_process_init, weak=False)
+    celery_signals.task_revoked.connect(_on_task_revoked, weak=False)
+
+
+def _on_worker_process_init(**_: Any) -> None:
+    for app in list(_apps):
+        app.__dict__[_ATTR].after_fork()
+
+
+def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    from .execution import release_revoked
+
+    if sender is None or request is None or getattr(sender, "_kv_policy", None) is None:
+        return
+    try:
+        release_revoked(sender, request)
+    except Exception:  # a hook must never break the worker
+        log.exception("celery-kv: could not release the keys of revoked task %s",
+                      getattr(request, "id", None))

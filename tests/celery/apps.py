@@ -1,0 +1,285 @@
+"""Test apps for the worker tests: one factory, used by the test process and the workers.
+
+Every task takes a ``tag`` (unique per test) first, so tests that share one worker
+never see each other's keys or effects. Effects are recorded in Redis on server time:
+``fx:<tag>:n`` (INCR per body run) and ``fx:<tag>:ev`` (RPUSH of JSON events).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.exceptions import Ignore, Reject
+from celery.signals import worker_init, worker_ready
+
+from celery_kv import (
+    CachedTask,
+    CoordinationUnavailable,
+    DuplicateTask,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    IdempotentTask,
+    KVTask,
+    LockLost,
+    LockNotAcquired,
+    RateLimitedTask,
+    RateLimitExceeded,
+    SingletonTask,
+    install,
+)
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def effects(url: str) -> redis.Redis:
+    """A client for the effects database (redis-py pools are fork-safe)."""
+    if url not in _clients:
+        _clients[url] = redis.Redis.from_url(url, decode_responses=True)
+    return _clients[url]
+
+
+def now(r: redis.Redis) -> float:
+    sec, usec = r.time()
+    return sec + usec / 1e6
+
+
+def make_app(name: str, broker: str, backend: str, kv_url: str, prefix: str, fx_url: str,
+             **conf: Any) -> Celery:
+    app = Celery(name, broker=broker, backend=backend, set_as_current=False)
+    app.conf.update(
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+        kv_redis_url=kv_url, kv_prefix=prefix, kv_wait_interval=0.2, kv_retry_deadline=0.5,
+        result_expires=600,
+    )
+    app.conf.update(conf)
+    install(app)
+    fx = effects(fx_url)
+
+    def run_body(tag: str, duration: float = 0.0, **extra: Any) -> dict[str, Any]:
+        start = now(fx)
+        fx.incr(f"fx:{tag}:n")
+        fx.set(f"fx:{tag}:pid", os.getpid())
+        if duration:
+            time.sleep(duration)
+        event = {"start": start, "end": now(fx), "pid": os.getpid(), **extra}
+        fx.rpush(f"fx:{tag}:ev", json.dumps(event))
+        return event
+
+    # -- singleton ------------------------------------------------------------------------
+
+    @app.task(base=SingletonTask, shared=False, name="t.single", bind=True)
+    def single(self: Any, tag: str, x: int, duration: float = 0.3) -> int:
+        run_body(tag, duration, fence=self.fence, id=self.request.id)
+        return x
+
+    @app.task(base=SingletonTask, shared=False, name="t.single_fail")
+    def single_fail(tag: str) -> None:
+        run_body(tag)
+        raise ValueError("boom")
+
+    @app.task(base=SingletonTask, shared=False, name="t.single_retry", bind=True, max_retries=5)
+    def single_retry(self: Any, tag: str, times: int) -> int:
+        run_body(tag, retries=self.request.retries, fence=self.fence)
+        if self.request.retries < times:
+            raise self.retry(countdown=1.0)
+        return self.request.retries
+
+    @app.task(base=SingletonTask, shared=False, name="t.single_retry_fail", bind=True,
+              max_retries=1)
+    def single_retry_fail(self: Any, tag: str) -> None:
+        run_body(tag)
+        raise self.retry(countdown=0.1, exc=KeyError("still failing"))
+
+    @app.task(base=SingletonTask, shared=False, name="t.single_reject")
+    def single_reject(tag: str) -> None:
+        run_body(tag)
+        raise Reject("rejected", requeue=False)
+
+    @app.task(base=SingletonTask, shared=False, name="t.single_ignore")
+    def single_ignore(tag: str) -> None:
+        run_body(tag)
+        raise Ignore()
+
+    def hold(task: Any, tag: str, seconds: float) -> list[int | None]:
+        """Hold the key until ``fx:<tag>:go`` is set (or ``seconds``); record the fences."""
+        fences = [task.fence]
+        start = time.monotonic()
+        fx.set(f"fx:{tag}:pid", os.getpid())
+        fx.incr(f"fx:{tag}:n")
+        while time.monotonic() - start < seconds and not fx.get(f"fx:{tag}:go"):
+            time.sleep(0.05)
+        fences.append(task.fence)
+        fx.rpush(f"fx:{tag}:ev", json.dumps({"done": now(fx), "fences": fences}))
+        return fences
+
+    @app.task(base=SingletonTask, shared=False, name="t.single_wait", bind=True, lock_ttl=2.0)
+    def single_wait(self: Any, tag: str, seconds: float) -> list[int | None]:
+        return hold(self, tag, seconds)
+
+    @app.task(base=SingletonTask, shared=False, name="t.single_hold", bind=True, lock_ttl=30.0)
+    def single_hold(self: Any, tag: str, seconds: float) -> list[int | None]:
+        return hold(self, tag, seconds)
+
+    @app.task(base=SingletonTask, shared=False, name="t.single_kill", bind=True, lock_ttl=2.0,
+              acks_late=True, reject_on_worker_lost=True)
+    def single_kill(self: Any, tag: str) -> int:
+        """Blocks on the first delivery (the test SIGKILLs it); returns at once later."""
+        fx.incr(f"fx:{tag}:starts")
+        fx.set(f"fx:{tag}:pid", os.getpid())
+        deadline = time.monotonic() + 60
+        while not fx.get(f"fx:{tag}:go") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fx.rpush(f"fx:{tag}:ev", json.dumps({"done": now(fx), "pid": os.getpid()}))
+        return int(fx.incr(f"fx:{tag}:n"))
+
+    for mode_name, on_locked in (("retry", "retry"), ("skip", "skip"), ("raise", "raise")):
+        def running(tag: str, x: int, duration: float = 0.3) -> int:
+            run_body(tag, duration)
+            return x
+
+        app.task(base=SingletonTask, shared=False, name=f"t.running_{mode_name}",
+                 singleton_mode="running", singleton_key="{tag}", on_locked=on_locked)(running)
+
+    @app.task(base=SingletonTask, shared=False, name="t.single_raise", on_duplicate="raise",
+              singleton_key="{tag}")
+    def single_raise(tag: str, duration: float = 0.5) -> None:
+        run_body(tag, duration)
+
+    # -- idempotency ----------------------------------------------------------------------
+
+    @app.task(base=IdempotentTask, shared=False, name="t.idem_add")
+    def idem_add(tag: str, a: int, b: int, duration: float = 0.0) -> int:
+        run_body(tag, duration)
+        return a + b
+
+    @app.task(base=IdempotentTask, shared=False, name="t.idem_retry", bind=True,
+              max_retries=5)
+    def idem_retry(self: Any, tag: str, times: int) -> int:
+        run_body(tag)
+        if self.request.retries < times:
+            raise self.retry(countdown=0.5)
+        return self.request.retries
+
+    @app.task(base=IdempotentTask, shared=False, name="t.idem_bad")
+    def idem_bad(tag: str) -> Any:
+        run_body(tag)
+        return {1, 2}
+
+    # -- rate limits, concurrency ---------------------------------------------------------
+
+    @app.task(base=RateLimitedTask, shared=False, name="t.rl_global", bind=True,
+              global_rate_limit="5/s", rate_limit_algorithm="sliding_log", max_retries=0)
+    def rl_global(self: Any, tag: str, i: int) -> int:
+        fx.rpush(f"fx:{tag}:ev", json.dumps({"at": self.request.kv_rate_limit.at, "i": i,
+                                             "host": self.request.hostname}))
+        fx.incr(f"fx:{tag}:n")
+        return i
+
+    @app.task(base=RateLimitedTask, shared=False, name="t.rl_tenant", global_rate_limit="4/s",
+              rate_limit_key="{tenant}", max_retries=0)
+    def rl_tenant(tag: str, tenant: str, i: int) -> float:
+        done = now(fx)
+        fx.rpush(f"fx:{tag}:{tenant}", json.dumps({"done": done, "i": i}))
+        return done
+
+    @app.task(base=RateLimitedTask, shared=False, name="t.rl_max_delay", global_rate_limit="1/m",
+              rate_limit_key="{tag}", rate_limit_max_delay=2.0)
+    def rl_max_delay(tag: str, i: int) -> int:
+        fx.incr(f"fx:{tag}:n")
+        return i
+
+    @app.task(base=KVTask, shared=False, name="t.conc", concurrency_limit=2,
+              concurrency_key="{tag}")
+    def conc(tag: str, i: int, duration: float = 0.4) -> int:
+        run_body(tag, duration, i=i, host=conc.request.hostname)
+        return i
+
+    @app.task(base=KVTask, shared=False, name="t.combo", bind=True, singleton=True,
+              singleton_mode="running", singleton_key="{tag}", global_rate_limit="3/s",
+              rate_limit_key="{tag}", rate_limit_algorithm="sliding_log", max_retries=0)
+    def combo(self: Any, tag: str, i: int) -> int:
+        run_body(tag, 0.1, at=self.request.kv_rate_limit.at, fence=self.fence)
+        return i
+
+    # -- cache ----------------------------------------------------------------------------
+
+    @app.task(base=CachedTask, shared=False, name="t.cached", cache_ttl=60)
+    def cached(tag: str, x: int, duration: float = 0.0) -> dict[str, int]:
+        run_body(tag, duration)
+        return {"x": x, "n": int(fx.get(f"fx:{tag}:n") or 0)}
+
+    @app.task(base=CachedTask, shared=False, name="t.cache_bad")
+    def cache_bad(tag: str) -> Any:
+        run_body(tag)
+        return object()
+
+    # -- canvas ---------------------------------------------------------------------------
+
+    @app.task(shared=False, name="t.collect")
+    def collect(value: Any, tag: str) -> Any:
+        fx.rpush(f"fx:{tag}:collected", json.dumps(value))
+        return value
+
+    @app.task(shared=False, name="t.total")
+    def total(values: list[int], tag: str) -> int:
+        fx.rpush(f"fx:{tag}:collected", json.dumps(sorted(values)))
+        return sum(values)
+
+    # -- errors ---------------------------------------------------------------------------
+
+    @app.task(shared=False, name="t.raise_kv")
+    def raise_kv(kind: str) -> None:
+        errors: dict[str, Exception] = {
+            "DuplicateTask": DuplicateTask("k1", "holder-1", "t.raise_kv"),
+            "LockNotAcquired": LockNotAcquired("k2", "holder-2", "t.raise_kv"),
+            "LockLost": LockLost("k3", "holder-3", "t.raise_kv"),
+            "IdempotencyInProgress": IdempotencyInProgress("k4", "holder-4", "t.raise_kv"),
+            "IdempotencyKeyReused": IdempotencyKeyReused("k5", "t.raise_kv"),
+            "RateLimitExceeded": RateLimitExceeded("k6", 1.5, "t.raise_kv", "global"),
+            "CoordinationUnavailable": CoordinationUnavailable("lock_acquire", "refused"),
+        }
+        raise errors[kind]
+
+    # -- fork -----------------------------------------------------------------------------
+
+    @app.task(base=KVTask, shared=False, name="t.client_id", bind=True)
+    def client_id(self: Any, tag: str) -> list[int]:
+        ident = int(self.kv.client.client_id())
+        time.sleep(0.2)  # keep this child busy so the other one takes the next job
+        fx.rpush(f"fx:{tag}:ev", json.dumps({"pid": os.getpid(), "client": ident}))
+        return [os.getpid(), ident]
+
+    # -- unavailable Redis ----------------------------------------------------------------
+
+    for policy in ("retry", "run", "raise"):
+        def unavailable(tag: str) -> str:
+            fx.incr(f"fx:{tag}:n")
+            return "ran"
+
+        app.task(base=SingletonTask, shared=False, name=f"t.down_{policy}", on_unavailable=policy,
+                 singleton_key="{tag}")(unavailable)
+
+    return app
+
+
+def hook_worker(app: Celery, node: str, fx_url: str) -> None:
+    """Report readiness and the main process's CLIENT ID (before the pool forks)."""
+    fx = effects(fx_url)
+
+    @worker_init.connect(weak=False)
+    def _init(**_: Any) -> None:
+        from celery_kv.celery.install import installed
+
+        kv = installed(app).kv
+        if kv.ping():
+            fx.set(f"parent_client:{node}", int(kv.client.client_id()))
+
+    @worker_ready.connect(weak=False)
+    def _ready(**_: Any) -> None:
+        fx.set(f"ready:{node}", os.getpid())
