@@ -51,7 +51,9 @@ def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            reply = s.recv(64)
+            # a server started with --requirepass answers, but refuses PING without AUTH
+            return reply.startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -98,7 +100,10 @@ def start_server(
             "--save", "", "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
             *extra,
         ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # its own session: a terminal's Ctrl-C reaches the owner, which stops it in order
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if _answers_ping(chosen):
