@@ -271,9 +271,8 @@ def test_idempotency_key_is_only_for_idempotent_tasks(plain_app: Celery) -> None
 
 
 def test_signals_are_importable_as_a_module() -> None:
-    from celery_kv.signals import cache_hit, task_deduplicated
-
     import celery_kv
+    from celery_kv.signals import cache_hit, task_deduplicated
 
     assert cache_hit is celery_kv.signals.cache_hit
     assert task_deduplicated.name == "task_deduplicated"
