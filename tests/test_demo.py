@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from celery_kv import KV
-from celery_kv.testing import RedisServer, fake_kv
+from celery_kv.testing import RedisServer, fake_kv, redis_server
 from examples import demo
 from examples.billing import journal
 
@@ -88,19 +88,27 @@ def assert_nothing_left(run_id: str, redis_srv: RedisServer, before: set[tuple[i
         time.sleep(0.05)  # process groups are being reaped
     assert processes_mentioning(run_id) == []
     assert all(server_gone(p) for p in ports)
-    assert all_keys(redis_srv) - before == set()  # nothing left behind
+    left = all_keys(redis_srv) - before
+    assert left == set(), f"left behind: {sorted(left)[:20]}"
     ours = f"billing-demo-{run_id}".encode()
     assert not [k for _, k in all_keys(redis_srv) if k.startswith(ours)]
+
+
+@pytest.fixture(scope="module")
+def demo_srv() -> Iterator[RedisServer]:
+    """A server of the demo tests' own: what is left on it can only be the demo's."""
+    with redis_server() as server:
+        yield server
 
 
 # -- end to end -----------------------------------------------------------------------------------
 
 
-def test_demo_runs_end_to_end_and_every_check_passes(redis_srv: RedisServer, run_id: str) -> None:
-    before = all_keys(redis_srv)
+def test_demo_runs_end_to_end_and_every_check_passes(demo_srv: RedisServer, run_id: str) -> None:
+    before = all_keys(demo_srv)
     started = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "examples.demo"], cwd=ROOT, env=demo_env(run_id, redis_srv.url),
+        [sys.executable, "-m", "examples.demo"], cwd=ROOT, env=demo_env(run_id, demo_srv.url),
         capture_output=True, text=True, timeout=120,
     )
     took = time.monotonic() - started
@@ -108,7 +116,7 @@ def test_demo_runs_end_to_end_and_every_check_passes(redis_srv: RedisServer, run
     assert run.returncode == 0, out + run.stderr
     assert took < 60, f"the demo took {took:.1f}s"
 
-    assert f"coordination on {redis_srv.url} (REDIS_URL), prefix 'billing-demo-{run_id}:'" in out
+    assert f"coordination on {demo_srv.url} (REDIS_URL), prefix 'billing-demo-{run_id}:'" in out
     ready = re.search(r"workers ready: (\d+) \(([^)]*)\), prefork", out)
     assert ready and int(ready.group(1)) == 2
     assert {h.split("@")[0] for h in ready.group(2).split(", ")} == {f"{run_id}-w1",
@@ -124,7 +132,7 @@ def test_demo_runs_end_to_end_and_every_check_passes(redis_srv: RedisServer, run
     assert ran == demo.CUSTOMERS_PER_TENANT * len(demo.TENANTS) and sent > ran
     assert "all checks passed" in out
     assert "removed " in out and f"demo keys under 'billing-demo-{run_id}:'" in out
-    assert_nothing_left(run_id, redis_srv, before, out)
+    assert_nothing_left(run_id, demo_srv, before, out)
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------------
@@ -164,10 +172,10 @@ def read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupted_demo_leaves_no_process_and_no_key(
-    how: str, redis_srv: RedisServer, run_id: str
+    how: str, demo_srv: RedisServer, run_id: str
 ) -> None:
-    before = all_keys(redis_srv)
-    with started_demo(run_id, redis_srv.url) as proc:
+    before = all_keys(demo_srv)
+    with started_demo(run_id, demo_srv.url) as proc:
         head = read_until(proc, "workers ready", timeout=60)
         assert len(processes_mentioning(run_id)) == 6  # 2 workers and their 4 pool children
         assert not any(server_gone(p) for p in private_ports(head))
@@ -179,7 +187,7 @@ def test_interrupted_demo_leaves_no_process_and_no_key(
         out = head + rest
         assert proc.returncode == 130, out
         assert "interrupted" in out and "Traceback" not in out
-    assert_nothing_left(run_id, redis_srv, before, out)
+    assert_nothing_left(run_id, demo_srv, before, out)
 
 
 # -- choosing Redis -------------------------------------------------------------------------------

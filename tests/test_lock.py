@@ -440,3 +440,11 @@ def test_takeover_hands_a_holding_to_a_new_token_keeping_the_fence(kv: KV) -> No
     # and the running holding is handed back to the bare id (a retry)
     assert queued.acquire(takeover="task-1#run")
     assert queued.owned() and not running.owned()
+
+
+def test_reentered_tells_a_fresh_acquire_from_a_second_one(kv: KV) -> None:
+    lock = kv.lock("again", ttl=5, token="task-1")
+    assert lock.acquire() and not lock.reentered
+    assert lock.acquire() and lock.reentered
+    handed = kv.lock("again", ttl=5, token="task-1#run")
+    assert handed.acquire(takeover="task-1") and not handed.reentered

@@ -92,10 +92,13 @@ class EnqueueClaim:
         self.feature = "singleton"
         key = str(self.keys.singleton)
         lock = self.coord.lock(key, self.task_id, self.policy.enqueue_claim_ttl)
-        if lock.acquire():
-            self.lock = lock
-            return None
-        return Duplicate("singleton", key, task_id_of(lock.holder) or self.task_id)
+        if not lock.acquire():
+            return Duplicate("singleton", key, task_id_of(lock.holder) or self.task_id)
+        if lock.reentered:  # this very task id is queued already: keep its claim's lifetime
+            lock.extend(policy.queued_ttl + self.delay)
+            return Duplicate("singleton", key, self.task_id)
+        self.lock = lock
+        return None
 
     def confirm(self) -> None:
         """Phase two, after the publish: the claims live on for the queued TTL.

@@ -250,8 +250,9 @@ class Lock(Lease):
 
     ``holder`` and ``holder_ttl`` tell, after an acquire, who holds the lock
     and for how many more seconds (this token after a success), with no second
-    round trip. ``fence`` is the fencing token of the current holding: hand it
-    to the resource you protect so it can refuse writes from an older holder.
+    round trip; ``reentered`` tells that this token already held it. ``fence``
+    is the fencing token of the current holding: hand it to the resource you
+    protect so it can refuse writes from an older holder.
     """
 
     kind = "lock"
@@ -274,6 +275,7 @@ class Lock(Lease):
         self.fence_key = store.keys.key("lock", name, "fence")
         self.holder: str | None = None
         self.holder_ttl: float | None = None
+        self.reentered = False  # the last successful acquire found the lock already ours
         self._fence: int | None = None
 
     @property
@@ -286,9 +288,11 @@ class Lock(Lease):
             "lock_acquire", [self.key, self.fence_key],
             [self.token, millis(self.ttl), millis(self.fence_ttl), self._takeover],
         )
-        if int(reply[0]) == 1:
+        status = int(reply[0])
+        if status:
             self._fence = int(reply[1])
             self.holder, self.holder_ttl = self.token, self.ttl
+            self.reentered = status == 2
             return True
         pttl = int(reply[2])
         self._fence = None

@@ -121,3 +121,23 @@ def test_a_delayed_message_keeps_its_claim_past_its_eta(producer: Celery, tag: s
     at_eta = producer.tasks["t.idem_add"].apply_async((tag, 4, 4), eta=eta)
     state = idem_state(producer, "t.idem_add", tag, 4, 4)
     assert state.owner == at_eta.id and state.lease_left > 3600 + 7190
+
+
+def test_the_same_task_id_sent_twice_is_published_once(
+    producer: Celery, monkeypatch: pytest.MonkeyPatch, tag: str
+) -> None:
+    original = producer.amqp.send_task_message
+    published: list[Any] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        published.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(producer.amqp, "send_task_message", spy)
+    task = producer.tasks["t.single"]
+    first = task.apply_async((tag, 7), task_id=f"fixed-{tag}")
+    again = task.apply_async((tag, 7), task_id=f"fixed-{tag}")
+    assert first.id == again.id == f"fixed-{tag}"
+    assert len(published) == 1
+    info = claim_of(producer, "t.single", tag, 7)
+    assert info is not None and info.owner == first.id and info.ttl > 3000  # still queued TTL

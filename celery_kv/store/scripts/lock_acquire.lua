@@ -9,19 +9,22 @@
 -- ARGV[3]  fence counter TTL in milliseconds (refreshed on every acquire)
 -- ARGV[4]  takeover token, or '': a holding by exactly this token is handed over
 --          to ARGV[1] with its fence kept (a queued claim becoming a running one)
--- Returns {1, fence} when the token holds the lock now (fence as a decimal string),
+-- Returns {1, fence} when the token took the lock now (fresh, or handed over),
+--         {2, fence} when the token already held it (re-entry; fence as a decimal string),
 --         {0, holder, holder_pttl_ms} when another token holds it.
 -- retry: safe (a second run by the same token re-enters: same fence, lease set again)
 local held = redis.call('HMGET', KEYS[1], 'owner', 'fence')
 local owner = held[1]
+local status = 2
 if owner and ARGV[4] ~= '' and owner == ARGV[4] then
   redis.call('HSET', KEYS[1], 'owner', ARGV[1])
   owner = ARGV[1]
+  status = 1
 end
 if owner == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  return {1, held[2]}
+  return {status, held[2]}
 end
 if owner then
   return {0, owner, redis.call('PTTL', KEYS[1])}
