@@ -11,7 +11,7 @@ from .primitives.lock import Lock
 from .primitives.ratelimit import Decision, RateLimit, hit_all
 from .primitives.semaphore import Semaphore
 from .primitives.sessions import Sessions
-from .store import AnyRedis, KeyLike, RetryPolicy, Store
+from .store import AnyRedis, KeyLike, RetryPolicy, Store, connect
 
 
 class KV:
@@ -33,8 +33,6 @@ class KV:
         cls, url: str, prefix: str = "kv", *, retry_deadline: float = 5.0, **options: Any
     ) -> KV:
         """Connect by URL: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://."""
-        from .store import connect
-
         return cls(connect(url, **options), prefix, retry_deadline=retry_deadline)
 
     @property

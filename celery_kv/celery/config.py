@@ -39,12 +39,12 @@ the features it names.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from ..primitives._arguments import MAX_SECONDS, is_seconds
 from ..primitives.ratelimit import ALGORITHMS as _ALGORITHMS
 from ..store.keys import validate_prefix
 
@@ -71,13 +71,11 @@ _SECONDS = {
     "unavailable_max_delay": 3600.0,
     "wait_interval": 0.5,
 }
-_MAX_SECONDS = 1e9
 
 
 def seconds(value: Any, what: str) -> float:
     """A finite number of seconds > 0, or a ValueError that names ``what`` and the value."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or not 0 < value <= _MAX_SECONDS:
+    if not is_seconds(value, MAX_SECONDS):
         raise ValueError(f"{what}={value!r} must be a finite number of seconds > 0")
     return float(value)
 

@@ -1,4 +1,4 @@
-"""Argument checks and unit conversions shared by the cache, idempotency and sessions.
+"""Argument checks and unit conversions shared by every primitive (and the Celery options).
 
 Each primitive validates its options when it is built, so a bad TTL fails at once with a
 message that names it, and nothing reaches Redis.
@@ -9,14 +9,24 @@ from __future__ import annotations
 import math
 from typing import Any
 
+MAX_SECONDS = 1e9  # about 31 years: beyond this a TTL is a mistake, and Redis refuses it
 
-def positive_seconds(what: str, value: Any) -> float:
-    """``value`` as finite seconds > 0, or a ValueError that names ``what``."""
+
+def is_seconds(value: Any, maximum: float = math.inf) -> bool:
+    """True for a real number of seconds, finite, > 0 and at most ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what} {value!r} must be a number of seconds > 0")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{what} {value!r} must be a finite number of seconds > 0")
-    return float(value)
+        return False
+    return math.isfinite(value) and 0 < value <= maximum
+
+
+def positive_seconds(what: str, value: Any, maximum: float = math.inf) -> float:
+    """``value`` as finite seconds > 0, or a ValueError that names ``what``."""
+    if is_seconds(value, maximum):
+        return float(value)
+    bound = f" (at most {maximum:.0e})" if math.isfinite(maximum) else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} {value!r} must be a number of seconds > 0{bound}")
+    raise ValueError(f"{what} {value!r} must be a finite number of seconds > 0{bound}")
 
 
 def to_ms(seconds: float) -> int:
@@ -26,7 +36,7 @@ def to_ms(seconds: float) -> int:
 
 def text(raw: Any) -> str:
     """A reply as ``str``, whether the client decodes responses or not."""
-    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
 
 
 def short(key: Any, limit: int = 80) -> str:

@@ -36,34 +36,18 @@ from typing import Any
 
 from ..errors import LockNotAcquired
 from ..store import KeyLike, Store
+from ._arguments import MAX_SECONDS, positive_seconds, short, text, to_ms
 from .heartbeat import Heartbeat
 
 DEFAULT_FENCE_TTL = 30 * 86400.0
-_MAX_SECONDS = 1e9  # about 31 years: beyond this a TTL is a mistake, and Redis refuses it
 _FIRST_PAUSE = 0.005
 _MAX_PAUSE = 0.25
 _MIN_PAUSE = 0.001
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-
-
-def short_name(name: KeyLike) -> str:
-    """The name for an error message, cut short so a 10 KB key stays readable."""
-    shown = repr(name)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
-
-
 def check_seconds(value: Any, what: str, owner: str) -> float:
-    """A finite number of seconds > 0, or a ValueError naming the value and its owner."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or not 0 < value <= _MAX_SECONDS:
-        raise ValueError(
-            f"{owner}: {what} {value!r} must be a finite number of seconds > 0 "
-            f"(at most {_MAX_SECONDS:.0e})"
-        )
-    return float(value)
+    """A finite number of seconds > 0 (at most MAX_SECONDS), or a ValueError naming both."""
+    return positive_seconds(f"{owner}: {what}", value, MAX_SECONDS)
 
 
 def check_timeout(value: Any, owner: str) -> float | None:
@@ -84,11 +68,6 @@ def _check_token(token: Any, owner: str) -> str:
     if not isinstance(token, str) or not token:
         raise ValueError(f"{owner}: owner token {token!r} must be a non-empty string")
     return token
-
-
-def millis(seconds: float) -> int:
-    """Seconds as whole milliseconds for PEXPIRE, never 0 (which would mean 'expire now')."""
-    return max(1, round(seconds * 1000))
 
 
 def pause(attempt: int, hint: float | None, remaining: float | None) -> float:
@@ -141,7 +120,7 @@ class Lease:
     @property
     def who(self) -> str:
         """This lease as error messages name it: kind and (shortened) name."""
-        return f"{self.kind} {short_name(self.name)}"
+        return f"{self.kind} {short(self.name)}"
 
     # -- what subclasses provide -------------------------------------------------
 
@@ -209,7 +188,7 @@ class Lease:
         if self._heartbeat is not None and not self._heartbeat.lost:
             return
         self._heartbeat = Heartbeat(
-            f"{self.kind}:{short_name(self.name)}", self.ttl, lambda: self._extend(self.ttl),
+            f"{self.kind}:{short(self.name)}", self.ttl, lambda: self._extend(self.ttl),
             self._on_heartbeat_lost,
         ).start()
 
@@ -242,7 +221,7 @@ class Lease:
         self.release()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {short_name(self.name)} token={self.token!r}>"
+        return f"<{type(self).__name__} {short(self.name)} token={self.token!r}>"
 
 
 class Lock(Lease):
@@ -270,7 +249,7 @@ class Lock(Lease):
         blocking_timeout: float | None = None,
     ) -> None:
         super().__init__(store, name, ttl, auto_renew, token, on_lost, blocking_timeout)
-        self.fence_ttl = check_seconds(fence_ttl, "fence_ttl", f"lock {short_name(name)}")
+        self.fence_ttl = check_seconds(fence_ttl, "fence_ttl", f"lock {short(name)}")
         self.key = store.keys.key("lock", name)
         self.fence_key = store.keys.key("lock", name, "fence")
         self.holder: str | None = None
@@ -286,7 +265,7 @@ class Lock(Lease):
     def _try_acquire(self) -> bool:
         reply = self.store.run(
             "lock_acquire", [self.key, self.fence_key],
-            [self.token, millis(self.ttl), millis(self.fence_ttl), self._takeover],
+            [self.token, to_ms(self.ttl), to_ms(self.fence_ttl), self._takeover],
         )
         status = int(reply[0])
         if status:
@@ -296,7 +275,7 @@ class Lock(Lease):
             return True
         pttl = int(reply[2])
         self._fence = None
-        self.holder = _text(reply[1])
+        self.holder = text(reply[1])
         self.holder_ttl = pttl / 1000.0 if pttl >= 0 else None
         return False
 
@@ -308,7 +287,7 @@ class Lock(Lease):
         return bool(self.store.run("lock_release", [self.key], [self.token]))
 
     def _extend(self, ttl: float) -> bool:
-        return bool(self.store.run("lock_extend", [self.key], [self.token, millis(ttl)]))
+        return bool(self.store.run("lock_extend", [self.key], [self.token, to_ms(ttl)]))
 
     def owned(self) -> bool:
         """Whether this token holds the lock now, as Redis says (not a local flag)."""
@@ -337,10 +316,10 @@ def _info(store: Store, key: str, name: KeyLike | None) -> LockInfo | None:
     reply = store.run("lock_info", [key])
     if not reply:
         return None
-    fence, pttl = _text(reply[1]), int(reply[2])
+    fence, pttl = text(reply[1]), int(reply[2])
     return LockInfo(
         key=key,
-        owner=_text(reply[0]),
+        owner=text(reply[0]),
         ttl=pttl / 1000.0 if pttl >= 0 else None,
         fence=int(fence) if fence else None,
         name=name,
@@ -357,7 +336,7 @@ def iter_locks(store: Store) -> Iterator[LockInfo]:
     pattern = store.keys.pattern("lock")
     found = store.command(
         "lock_scan",
-        lambda client: [_text(k) for k in client.scan_iter(match=pattern, count=1000)],
+        lambda client: [text(k) for k in client.scan_iter(match=pattern, count=1000)],
         retry_safe=True,
     )
     for key in sorted(found):

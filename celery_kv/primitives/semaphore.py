@@ -13,13 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..store import KeyLike, Store
-from .lock import Lease, millis, short_name
+from ._arguments import short, to_ms
+from .lock import Lease
 
 
 def _check_limit(limit: Any, name: KeyLike) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(
-            f"semaphore {short_name(name)}: limit {limit!r} must be an int >= 1 (number of holders)"
+            f"semaphore {short(name)}: limit {limit!r} must be an int >= 1 (number of holders)"
         )
     return limit
 
@@ -55,7 +56,7 @@ class Semaphore(Lease):
         reply = self.store.run(
             "semaphore_acquire",
             [self.key],
-            [self.token, millis(self.ttl), self.limit, self._takeover],
+            [self.token, to_ms(self.ttl), self.limit, self._takeover],
         )
         ok = int(reply[0]) == 1
         self._free_in = None if ok else max(int(reply[2]), 0) / 1000.0
@@ -68,7 +69,7 @@ class Semaphore(Lease):
         return bool(self.store.run("semaphore_release", [self.key], [self.token]))
 
     def _extend(self, ttl: float) -> bool:
-        return bool(self.store.run("semaphore_extend", [self.key], [self.token, millis(ttl)]))
+        return bool(self.store.run("semaphore_extend", [self.key], [self.token, to_ms(ttl)]))
 
     def owned(self) -> bool:
         """Whether this token holds a live slot now, by server time."""
@@ -84,6 +85,6 @@ class Semaphore(Lease):
 
     def __repr__(self) -> str:
         return (
-            f"<Semaphore {short_name(self.name)} limit={self.limit} token={self.token!r} "
+            f"<Semaphore {short(self.name)} limit={self.limit} token={self.token!r} "
             f"ttl={self.ttl}>"
         )

@@ -90,23 +90,22 @@ def _identity(key: KeyLike) -> str:
     return encoded
 
 
-def validate_prefix(prefix: str) -> str:
-    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix) or len(prefix) > 64:
+def _plain_name(value: str, what: str, why: str = "") -> str:
+    if not isinstance(value, str) or not _PREFIX_RE.match(value) or len(value) > 64:
         raise ValueError(
-            f"prefix {prefix!r} must be 1-64 characters of letters, digits, '_', '-', '.', '/'"
-            " (braces would break the cluster hash tag)"
+            f"{what} {value!r} must be 1-64 characters of letters, digits, "
+            f"'_', '-', '.', '/'{why}"
         )
-    return prefix
+    return value
+
+
+def validate_prefix(prefix: str) -> str:
+    return _plain_name(prefix, "prefix", " (braces would break the cluster hash tag)")
 
 
 def validate_namespace(namespace: str) -> str:
     """Namespaces are chosen by the programmer, not by end users: keep them plain."""
-    if not isinstance(namespace, str) or not _PREFIX_RE.match(namespace) or len(namespace) > 64:
-        raise ValueError(
-            f"namespace {namespace!r} must be 1-64 characters of letters, digits, "
-            "'_', '-', '.', '/'"
-        )
-    return namespace
+    return _plain_name(namespace, "namespace")
 
 
 class KeySpace:
