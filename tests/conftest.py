@@ -8,6 +8,7 @@ Redis Cluster started for this session. Each test gets its own key prefix.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -100,3 +101,16 @@ def count_commands(kv: KV) -> Iterator[list[tuple[Any, ...]]]:
         yield sent
     finally:
         del client.execute_command
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "the condition",
+             interval: float = 0.01) -> Any:
+    """Poll ``condition`` until it is truthy (and return it); fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

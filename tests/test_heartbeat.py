@@ -5,21 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from celery_kv.errors import CoordinationUnavailable
 from celery_kv.primitives import heartbeat
 from celery_kv.primitives.heartbeat import Heartbeat
 
-
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
-    return value
+from .conftest import wait_for
 
 
 def test_many_heartbeats_share_one_thread_and_each_renews() -> None:

@@ -13,17 +13,7 @@ import pytest
 from celery_kv import KV, LockNotAcquired
 from celery_kv.primitives.lock import Lock, break_lock, describe, iter_locks
 
-from .conftest import count_commands, keys_under
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
+from .conftest import count_commands, keys_under, wait_for
 
 
 def pttl(kv: KV, key: str) -> int:

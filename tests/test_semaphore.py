@@ -13,8 +13,8 @@ import pytest
 from celery_kv import KV, LockNotAcquired
 from celery_kv.primitives.semaphore import Semaphore
 
-from .conftest import count_commands, keys_under
-from .test_lock import ODD_NAMES, pttl, wait_for
+from .conftest import count_commands, keys_under, wait_for
+from .test_lock import ODD_NAMES, pttl
 
 
 def server_ms(kv: KV) -> float:

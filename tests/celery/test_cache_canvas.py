@@ -8,7 +8,8 @@ import pytest
 from celery import Celery, chain, chord, group
 
 from celery_kv.celery.install import installed
-from tests.celery.conftest import Worker, count, events, wait_for
+from tests.celery.conftest import Worker, count, events
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 

@@ -13,7 +13,8 @@ from celery_kv import IdempotencyKeyReused
 from celery_kv.celery.enqueue import EnqueueClaim
 from celery_kv.celery.install import installed
 from celery_kv.primitives.lock import LockInfo, describe
-from tests.celery.conftest import Env, wait_for
+from tests.celery.conftest import Env
+from tests.conftest import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from celery import Celery, chain, chord
 from celery_kv import IdempotencyKeyReused
 from celery_kv.celery.claims import HEADER
 from celery_kv.celery.install import installed
-from tests.celery.conftest import Env, Worker, count, enqueue_from_processes, events, wait_for
+from tests.celery.conftest import Env, Worker, count, enqueue_from_processes, events
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 

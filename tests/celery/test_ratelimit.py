@@ -10,7 +10,8 @@ import pytest
 from celery import Celery
 
 from celery_kv import RateLimitExceeded
-from tests.celery.conftest import Env, Worker, count, events, wait_for
+from tests.celery.conftest import Env, Worker, count, events
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 

@@ -11,7 +11,8 @@ from celery import Celery
 
 from celery_kv import CoordinationUnavailable
 from celery_kv.testing import RedisServer, start_server
-from tests.celery.conftest import Env, Worker, count, wait_for
+from tests.celery.conftest import Env, Worker, count
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
