@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable
@@ -255,6 +256,110 @@ def test_a_value_computed_across_a_clear_is_not_stored(kv_factory: Callable[...,
     runner.join(10)
     assert got == ["stale"]
     assert cache.get("k", "MISS") == "MISS"
+
+
+def _invalidate(other: Cache, how: str) -> None:
+    if how == "delete":
+        other.delete("k")
+    else:
+        other.set("k", "new")
+
+
+@pytest.mark.parametrize(("how", "after"), [("delete", "MISS"), ("set", "new")])
+def test_a_delete_or_set_during_compute_wins(
+    kv_factory: Callable[..., KV], how: str, after: str
+) -> None:
+    cache, other = kv_factory().cache("c"), kv_factory().cache("c")
+
+    def compute() -> str:
+        _invalidate(other, how)  # another client, while this one computes
+        return "stale"
+
+    assert cache.get_or_set("k", compute) == "stale"  # its own caller still gets it
+    assert cache.get("k", "MISS") == after  # but it is not cached over the invalidation
+    if how == "delete":
+        assert cache.get_or_set("k", lambda: "fresh") == "fresh"  # a later miss fills
+        assert other.get("k") == "fresh"
+
+
+@pytest.mark.parametrize(("how", "after"), [("delete", "MISS"), ("set", "new")])
+def test_a_delete_or_set_during_an_xfetch_refresh_wins(
+    kv_factory: Callable[..., KV], how: str, after: str
+) -> None:
+    cache, other = kv_factory().cache("c", ttl=1.0, beta=10.0), kv_factory().cache("c")
+    calls: list[int] = []
+    assert cache.get_or_set("k", _slow("old", calls)) == "old"
+    cache._random = _Pinned(1.0 - 1e-12)  # the next get_or_set refreshes early
+
+    def refresh() -> str:
+        _invalidate(other, how)
+        return "refreshed"
+
+    assert cache.get_or_set("k", refresh) == "refreshed"
+    assert cache.get("k", "MISS") == after
+
+
+def test_a_compute_past_its_lease_does_not_overwrite_the_takeover(
+    kv_factory: Callable[..., KV], caplog: pytest.LogCaptureFixture
+) -> None:
+    kv = kv_factory()
+    slow, fast = kv.cache("c", lock_timeout=0.2), kv_factory().cache("c")
+    lease_key = kv.store.keys.key("cache", "c", "lease", identity("k"))
+
+    def late() -> str:
+        wait_until(lambda: not kv.store.client.exists(lease_key), timeout=10)
+        assert fast.get_or_set("k", lambda: "taken over") == "taken over"
+        return "late"
+
+    with caplog.at_level(logging.WARNING, logger="celery_kv.cache"):
+        assert slow.get_or_set("k", late) == "late"
+    assert fast.get("k") == "taken over"
+    assert "past its lock_timeout" in caplog.text
+
+
+def test_a_compute_past_its_lease_leaves_the_new_holder_alone(
+    kv_factory: Callable[..., KV],
+) -> None:
+    kv = kv_factory()
+    slow, fast = kv.cache("c", lock_timeout=0.2), kv_factory().cache("c")
+    lease_key = kv.store.keys.key("cache", "c", "lease", identity("k"))
+    taken, release = threading.Event(), threading.Event()
+    got: list[Any] = []
+
+    def second() -> str:
+        taken.set()
+        release.wait(10)
+        return "taken over"
+
+    def late() -> str:
+        wait_until(lambda: not kv.store.client.exists(lease_key), timeout=10)
+        runner.start()  # takes the free lease and holds it while this fills
+        assert taken.wait(10)
+        return "late"
+
+    runner = threading.Thread(target=lambda: got.append(fast.get_or_set("k", second)))
+    try:
+        assert slow.get_or_set("k", late) == "late"
+        assert slow.get("k", "MISS") == "MISS"  # not stored: the lease was another's
+        assert kv.store.client.exists(lease_key)  # and left with its holder
+    finally:
+        release.set()
+        if runner.is_alive():
+            runner.join(10)
+    assert got == ["taken over"] and slow.get("k") == "taken over"
+
+
+def test_a_plain_get_or_set_and_an_xfetch_refresh_still_fill(kv: KV) -> None:
+    cache = kv.cache("c", ttl=1.0, beta=10.0)
+    calls: list[int] = []
+    cache._random = _Pinned(0.0)  # no early refresh
+    assert cache.get_or_set("k", _slow("v1", calls)) == "v1"
+    assert cache.get("k") == "v1"
+    cache._random = _Pinned(1.0 - 1e-12)  # refresh early; nothing invalidates it
+    assert cache.get_or_set("k", _slow("v2", calls)) == "v2"
+    assert cache.get("k") == "v2" and len(calls) == 2
+    lease_key = kv.store.keys.key("cache", "c", "lease", identity("k"))
+    assert not kv.store.client.exists(lease_key)
 
 
 class _Pinned:

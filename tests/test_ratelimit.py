@@ -101,17 +101,46 @@ def test_unknown_algorithm_is_named_with_the_valid_ones(kv: KV) -> None:
     assert keys_under(kv) == []
 
 
-@pytest.mark.parametrize("burst", [0, -1, 1.5, True])
+@pytest.mark.parametrize(
+    "burst", [1e19, 10**19, 2**63, -1, 0, True, 1.5, float("nan"), "3", 3.0, 22_517_998_137]
+)
 def test_bad_burst_is_refused_by_name(kv: KV, burst: Any) -> None:
     with pytest.raises(ValueError, match="burst") as info:
         kv.rate_limit("10/s", burst=burst)
-    assert repr(burst) in str(info.value)
+    assert repr(burst) in str(info.value) and "'10/s'" in str(info.value)
+    assert keys_under(kv) == []
+
+
+@pytest.mark.parametrize(
+    ("rate", "most"),
+    [("10/s", 22_517_998_136), ("1000000000/s", 2**51), ("1/d", 26_062), ("7/m", 262_709_965)],
+)
+def test_the_largest_burst_keeps_the_arithmetic_exact(kv: KV, rate: str, most: int) -> None:
+    # burst * interval <= 2**51 us: every value in the script stays below 2**53, exact
+    with pytest.raises(ValueError, match=f"from 1 to {most}"):
+        kv.rate_limit(rate, burst=most + 1)
+    rl = kv.rate_limit(rate, burst=most)
+    tau = most * rl.strategy.interval_us * US  # type: ignore[attr-defined]
+    one = rl.hit("one")
+    assert one.allowed and (one.limit, one.remaining) == (most, most - 1)
+    full = rl.hit("k", cost=most)
+    assert full.allowed and full.remaining == 0
+    assert full.reset_after == pytest.approx(tau, abs=2 * US)
+    denied = rl.hit("k", cost=most)  # the largest intermediate: now + 2 * tau
+    assert not denied and 0 <= denied.remaining <= most
+    elapsed = denied.at - full.at  # type: ignore[operator]
+    assert denied.retry_after == pytest.approx(tau - elapsed, abs=2 * US)
+    assert 0 <= rl.peek("k").remaining <= most
+    assert 0 < kv.client.pttl(rl.redis_key("k")) <= tau * 1000 + 5
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS[1:])
-def test_burst_is_only_for_gcra(kv: KV, algorithm: str) -> None:
-    with pytest.raises(ValueError, match="gcra"):
-        kv.rate_limit("10/s", algorithm=algorithm, burst=5)
+@pytest.mark.parametrize("burst", [5, 10, 10**19, 0, True, "3"])
+def test_burst_is_only_for_gcra(kv: KV, algorithm: str, burst: Any) -> None:
+    with pytest.raises(ValueError, match="gcra") as info:
+        kv.rate_limit("10/s", algorithm=algorithm, burst=burst)
+    assert repr(burst) in str(info.value) and "'10/s'" in str(info.value)
+    assert keys_under(kv) == []
 
 
 @pytest.mark.parametrize("field", ["name", "scope"])

@@ -17,9 +17,13 @@ wait on a Redis list (BLPOP, no spinning) until the value is filled, the compute
 or the lease runs out, and then look again. The lease is deliberately not renewed, so a
 hung computer holds the others up for at most ``lock_timeout``: a computer that dies, hangs
 or runs past it loses the lease and one waiter takes over. Set ``lock_timeout`` above your
-slowest compute. Before a value expires, one caller recomputes it early with the XFetch
-probability (Vattani et al., 2015) while everyone else keeps reading the old value; if that
-early compute raises, the exception propagates like any other compute error.
+slowest compute: a value is stored only by the caller still holding the lease, so one
+computed past it is returned to its caller but not cached. ``set()`` and ``delete()`` drop
+the key's lease, so a value computed before them never overwrites them (invalidation wins
+over an in-flight fill), as ``clear()`` does through the version. Before a value expires,
+one caller recomputes it early with the XFetch probability (Vattani et al., 2015) while
+everyone else keeps reading the old value; if that early compute raises, the exception
+propagates like any other compute error.
 """
 from __future__ import annotations
 
@@ -102,12 +106,14 @@ class Cache:
         seconds = self._ttl(ttl)
         raw = self._encode(key, value)
         args = (raw, to_ms(seconds), self._version_ms(seconds))
-        self.store.run("cache_set", (self._version_key, self._head + "v:" + identity(key)), args)
+        ident = identity(key)  # the lease goes too: this write wins over an in-flight fill
+        keys = (self._version_key, self._head + "v:" + ident, self._head + "lease:" + ident)
+        self.store.run("cache_set", keys, args)
 
     def delete(self, key: KeyLike) -> bool:
         """Remove one value; True when a live value was there."""
         keys = self._keys(key)
-        return bool(self.store.run("cache_delete", [keys.version, keys.value]))
+        return bool(self.store.run("cache_delete", [keys.version, keys.value, keys.lease]))
 
     def clear(self) -> None:
         """Invalidate every value of the namespace at once (one O(1) script)."""
@@ -175,12 +181,18 @@ class Cache:
             self._abandon(keys, token)
             raise
         delta_ms = (time.perf_counter() - started) * 1000.0
-        self.store.run(
+        stored = self.store.run(
             "cache_fill",
             [keys.version, keys.value, keys.lease, keys.waiters, keys.notify],
             [token, raw, to_ms(seconds), f"{delta_ms:.3f}", version,
              self._version_ms(seconds), to_ms(self.lock_timeout)],
         )
+        if not stored and delta_ms > self.lock_timeout * 1000.0:  # else: invalidated meanwhile
+            log.warning(
+                "compute of %s in cache %r took %.1f s, past its lock_timeout of %.1f s: "
+                "the value was returned but not cached",
+                short(key), self.namespace, delta_ms / 1000.0, self.lock_timeout,
+            )
         return codec.loads(raw)
 
     def _abandon(self, keys: _Keys, token: str) -> None:

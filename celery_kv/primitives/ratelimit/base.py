@@ -21,8 +21,8 @@ class Algorithm:
     def __init__(self, rate: Rate, burst: int | None = None) -> None:
         if burst is not None:
             raise ValueError(
-                f"burst {burst!r} is only for algorithm 'gcra', not {self.name!r}: "
-                "a window admits its whole limit at once already"
+                f"burst {burst!r} of rate limit {str(rate)!r} is only for algorithm 'gcra', "
+                f"not {self.name!r}: a window admits its whole limit at once already"
             )
         self.rate = rate
 

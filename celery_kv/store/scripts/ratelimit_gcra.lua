@@ -8,7 +8,8 @@
 -- ARGV[1]        'hit' (charge when every key admits) or 'peek' (charge nothing)
 -- ARGV[2]        cost, an integer >= 1 (peek passes 1: "would one more be admitted?")
 -- ARGV[2i+1]     emission interval of limit i in whole microseconds (>= 1)
--- ARGV[2i+2]     burst of limit i (>= cost)
+-- ARGV[2i+2]     burst of limit i (>= cost; burst * interval <= 2^51, so that every
+--                value here, at most now + 2 * burst * interval, is exact in a double)
 -- Returns one string of space-separated integers: now_us, then for each key allowed 0/1,
 -- remaining, retry_after_us, reset_after_us (one bulk reply parses faster than an array).
 -- remaining and reset_after describe the state after this call (unchanged when not charged).
