@@ -3,13 +3,15 @@
 from .client import AnyRedis, connect, is_cluster
 from .keys import KeyLike, KeySpace, fingerprint, identity
 from .retry import RetryPolicy
-from .store import Store
+from .store import PhaseReply, Step, Store
 
 __all__ = [
     "AnyRedis",
     "KeyLike",
     "KeySpace",
+    "PhaseReply",
     "RetryPolicy",
+    "Step",
     "Store",
     "connect",
     "fingerprint",

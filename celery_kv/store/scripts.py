@@ -4,6 +4,13 @@ Each file declares in its header whether it is safe to run again after a
 timeout (``-- retry: safe`` or ``-- retry: unsafe``): a script whose second run
 cannot change the outcome is retried on any connection failure; an unsafe one
 only when the failure happened before the command was sent.
+
+A *step* script (the Celery lifecycle's per-feature operations) answers a table
+whose first element is a verdict, ``'ok'``, ``'deny'`` or ``'stop'``, and may
+declare ``-- undo: <script>`` (run with the same keys and arguments when a later
+step of the same phase denies) and ``-- uses: <script> ...`` (other scripts it
+calls as Lua functions, ``name(KEYS, ARGV)``). ``compose`` joins the steps of one
+lifecycle phase into a single script, so a phase is one round trip.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from functools import cache
 from importlib import resources
 
 _RETRY_RE = re.compile(r"^--\s*retry:\s*(safe|unsafe)\b", re.MULTILINE)
+_UNDO_RE = re.compile(r"^--\s*undo:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
+_USES_RE = re.compile(r"^--\s*uses:\s*([a-z0-9_ ]+?)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -21,11 +30,13 @@ class ScriptSource:
     name: str
     text: str
     retry_safe: bool
+    undo: str | None = None
+    uses: tuple[str, ...] = ()
 
 
 @cache
 def load(name: str) -> ScriptSource:
-    """Read ``scripts/<name>.lua`` and its retry declaration."""
+    """Read ``scripts/<name>.lua`` and its header declarations."""
     try:
         folder = resources.files(__package__).joinpath("scripts")
         text = folder.joinpath(f"{name}.lua").read_text("utf-8")
@@ -34,9 +45,84 @@ def load(name: str) -> ScriptSource:
     match = _RETRY_RE.search(text)
     if match is None:
         raise LookupError(f"script {name!r} does not declare '-- retry: safe|unsafe'")
-    return ScriptSource(name, text, match.group(1) == "safe")
+    undo = _UNDO_RE.search(text)
+    uses = _USES_RE.search(text)
+    return ScriptSource(
+        name, text, match.group(1) == "safe",
+        undo.group(1) if undo else None,
+        tuple(uses.group(1).split()) if uses else (),
+    )
 
 
 def available() -> list[str]:
     folder = resources.files(__package__).joinpath("scripts")
     return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".lua"))
+
+
+# The driver of a composed phase. ARGV: the step count n, then each step's key count and
+# argument count, then every step's arguments in order; KEYS: every step's keys in order.
+# It runs the steps in order and stops at the first that does not answer 'ok': on 'deny'
+# it first runs the undo of every earlier step, newest first, so a denied phase holds
+# nothing and is charged nothing. It answers {server seconds, microseconds, reply...}.
+_DRIVER = """
+local unpack = unpack or table.unpack
+local n = tonumber(ARGV[1])
+local calls, ki, ai = {}, 1, 2 + 2 * n
+for i = 1, n do
+  local nk, na = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  calls[i] = {{unpack(KEYS, ki, ki + nk - 1)}, {unpack(ARGV, ai, ai + na - 1)}}
+  ki, ai = ki + nk, ai + na
+end
+local t = redis.call('TIME')
+local out = {t[1], t[2]}
+for i = 1, n do
+  local reply = STEPS[i](calls[i][1], calls[i][2])
+  out[i + 2] = reply
+  if reply[1] ~= 'ok' then
+    if reply[1] == 'deny' then
+      for j = i - 1, 1, -1 do
+        if UNDO[j] then
+          UNDO[j](calls[j][1], calls[j][2])
+        end
+      end
+    end
+    break
+  end
+end
+return out
+"""
+
+
+@cache
+def compose(steps: tuple[str, ...]) -> ScriptSource:
+    """One script that runs ``steps`` (step script names) in order, as ``_DRIVER`` says.
+
+    Every script a step uses, the step itself and its undo become local functions;
+    the composite is safe to retry only when every step is.
+    """
+    if not steps:
+        raise ValueError("a phase needs at least one step")
+    defined: list[str] = []
+    chunks: list[str] = []
+
+    def define(name: str) -> None:
+        if name in defined:
+            return
+        source = load(name)
+        for used in source.uses:
+            define(used)
+        defined.append(name)
+        chunks.append(f"local function {name}(KEYS, ARGV)\n{source.text}\nend\n")
+
+    for name in steps:
+        define(name)
+        undo = load(name).undo
+        if undo is not None:
+            define(undo)
+    sources = [load(name) for name in steps]
+    table = ", ".join(steps)
+    undos = ", ".join(source.undo or "false" for source in sources)
+    text = "".join(chunks) + f"local STEPS = {{{table}}}\nlocal UNDO = {{{undos}}}\n" + _DRIVER
+    return ScriptSource(
+        "+".join(steps), text, all(source.retry_safe for source in sources)
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis.commands.core import Script
@@ -14,6 +15,23 @@ from .keys import KeySpace
 from .retry import RetryPolicy
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a lifecycle phase: a step script (see ``scripts``) and its keys and args."""
+
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class PhaseReply:
+    """What a phase answered: the server time, and the reply of each step that ran."""
+
+    now: float
+    replies: list[Any]
 
 
 class Store:
@@ -31,7 +49,7 @@ class Store:
         self.client = client
         self.keys = KeySpace(prefix)
         self.retry = retry or RetryPolicy()
-        self._scripts: dict[str, tuple[Script, bool]] = {}
+        self._scripts: dict[str | tuple[str, ...], tuple[Script, bool]] = {}
 
     @classmethod
     def from_url(
@@ -54,6 +72,57 @@ class Store:
             found = (self.client.register_script(source.text), source.retry_safe)
             self._scripts[name] = found
         return found
+
+    def _composite(self, names: tuple[str, ...]) -> tuple[Script, bool]:
+        found = self._scripts.get(names)
+        if found is None:
+            source = scripts.compose(names)
+            found = (self.client.register_script(source.text), source.retry_safe)
+            self._scripts[names] = found
+        return found
+
+    def run_phase(self, operation: str, steps: Sequence[Step]) -> PhaseReply:
+        """Run a lifecycle phase: its steps in order, stopping at the first that does not
+        answer 'ok' (a 'deny' first undoes the earlier steps).
+
+        On one server the whole phase is one composed script, one round trip: the steps'
+        keys may sit in different slots, which a single server allows. Redis Cluster
+        refuses a script across slots, so there each step is its own call (one per slot),
+        and a denial runs the earlier steps' undo scripts as calls of their own.
+        """
+        if not self.cluster:
+            return self._run_composite(operation, steps)
+        replies: list[Any] = []
+        now = 0.0
+        for index, step in enumerate(steps):
+            answer = self._run_composite(operation, [step])
+            now = now or answer.now
+            reply = answer.replies[0]
+            replies.append(reply)
+            verdict = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            if verdict == "deny":
+                for earlier in reversed(steps[:index]):
+                    undo = scripts.load(earlier.script).undo
+                    if undo is not None:
+                        self._run_composite(operation, [Step(undo, earlier.keys, earlier.args)])
+            if verdict != "ok":
+                break
+        return PhaseReply(now, replies)
+
+    def _run_composite(self, operation: str, steps: Sequence[Step]) -> PhaseReply:
+        names = tuple(step.script for step in steps)
+        script, retry_safe = self._scripts.get(names) or self._composite(names)
+        keys: list[str] = []
+        args: list[Any] = [len(steps)]
+        for step in steps:
+            args += (len(step.keys), len(step.args))
+        for step in steps:
+            keys += step.keys
+            args += step.args
+        reply = self.retry.call(
+            operation, lambda: self._evalsha(script, keys, args), retry_safe=retry_safe
+        )
+        return PhaseReply(int(reply[0]) + int(reply[1]) / 1e6, reply[2:])
 
     def run(
         self,

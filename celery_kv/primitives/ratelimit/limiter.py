@@ -182,16 +182,30 @@ def hit_all(charges: Sequence[tuple[RateLimit, KeyLike]], cost: int = 1) -> Deci
     return _run(pairs, _check_cost(cost, [limit for limit, _ in pairs]), "hit")
 
 
-def _run(pairs: Sequence[tuple[RateLimit, KeyLike]], cost: int, mode: str) -> Decision:
-    """One EVALSHA of the strategy's script over every pair's key."""
+def charge_call(
+    pairs: Sequence[tuple[RateLimit, KeyLike]], cost: int, mode: str
+) -> tuple[str, list[str], list[int | str]]:
+    """The script, keys and arguments that charge every pair (``mode`` 'hit' or 'peek')."""
     keys = [limit._head + identity(key) for limit, key in pairs]
     if len(set(keys)) != len(keys):
         raise ValueError("hit_all got the same rate limit and key twice; charge it once")
     args: list[int | str] = [mode, cost]
     for limit, _ in pairs:
         args.extend(limit._arguments)
-    first = pairs[0][0]
-    reply = first.store.run(first.strategy.script, keys, args, read_only=mode == "peek")
+    return pairs[0][0].strategy.script, keys, args
+
+
+def _run(pairs: Sequence[tuple[RateLimit, KeyLike]], cost: int, mode: str) -> Decision:
+    """One EVALSHA of the strategy's script over every pair's key."""
+    script, keys, args = charge_call(pairs, cost, mode)
+    reply = pairs[0][0].store.run(script, keys, args, read_only=mode == "peek")
+    return decision_of(pairs, reply)
+
+
+def decision_of(pairs: Sequence[tuple[RateLimit, KeyLike]], reply: Any) -> Decision:
+    """The Decision a charge script's reply (one string of integers) stands for."""
+    if isinstance(reply, bytes):
+        reply = reply.decode()
     raw = [int(v) for v in reply.split()]  # one string of integers, see the script
     # The answer: the denial with the longest retry_after, else the least remaining
     # (the first such pair on a tie); only that pair's Decision is built.

@@ -1,0 +1,32 @@
+-- Idempotency, final outcome: store the outcome of the run that holds the claim, or release
+-- the claim after a failure so a later call can run. An outcome with an error text (the
+-- body ran but its result is not JSON) is stored too: its side effects happened, so a
+-- duplicate must not run it again; replays raise that error.
+-- KEYS[1] record hash
+-- ARGV[1] run token ('' when not known), ARGV[2] task id, ARGV[3] 'done' or 'failed',
+-- ARGV[4] JSON result, ARGV[5] error text or '', ARGV[6] record TTL (ms), ARGV[7] '1' to
+-- match any run of the task id (revoke)
+-- Returns {'ok', 1} when this task id held the claim, {'ok', 0} when it was lost or never
+-- taken.
+-- retry: safe (a second run finds the record completed or gone, and changes nothing)
+local rec = redis.call('HMGET', KEYS[1], 's', 'o')
+local owner = rec[2]
+if rec[1] ~= 'p' or not owner then
+  return {'ok', 0}
+end
+local ours = owner == ARGV[1] or owner == ARGV[2] or
+  (ARGV[7] == '1' and string.sub(owner, 1, #ARGV[2] + 5) == ARGV[2] .. '#run:')
+if not ours then
+  return {'ok', 0}
+end
+if ARGV[3] == 'done' then
+  redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[4])
+  if ARGV[5] ~= '' then
+    redis.call('HSET', KEYS[1], 'e', ARGV[5])
+  end
+  redis.call('HDEL', KEYS[1], 'n')
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+else
+  redis.call('DEL', KEYS[1])
+end
+return {'ok', 1}

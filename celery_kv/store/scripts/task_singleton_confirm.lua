@@ -1,0 +1,11 @@
+-- Singleton, enqueue phase two (the publish succeeded): the claim lives for the queued TTL.
+-- A claim already taken over by a fast worker (owner '<id>#run:...') is left alone, and so
+-- is a successor's place (it rides on the running holder's lease).
+-- KEYS[1] lock hash
+-- ARGV[1] task id, ARGV[2] queued lifetime (ms)
+-- Returns {'ok'}.
+-- retry: safe (sets the same lifetime again)
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return {'ok'}
