@@ -563,28 +563,27 @@ def _task(app: Any, name: str) -> Any:
     return task
 
 
-def _policy(task: Any, feature: str, option: str) -> Any:
-    """The task's frozen celery-kv policy, when it has ``feature``; else a clear error."""
+def _feature(task: Any, feature: str, option: str) -> Any:
+    """The task's configured ``feature``; else a clear error."""
     policy = getattr(task, "_kv_policy", None)
-    if policy is None or getattr(policy, feature) is None:
+    found = policy.feature(feature) if policy is not None else None
+    if found is None:
         raise click.ClickException(f"task {task.name!r} has no {option}")
-    return policy
+    return found
 
 
 def _task_limits(target: Target, task: Any, identity: str | None) -> list[RateLimit]:
     """The RateLimit objects a task is charged, built as its workers build them."""
-    from .claims import Coordination
-
-    policy = _policy(task, "rate_limit", "global_rate_limit")
-    per_key = policy.rate_limit.key is not None
+    feature = _feature(task, "rate_limit", "global_rate_limit")
+    per_key = feature.key is not None
     if per_key and identity is None:
         raise click.UsageError(
-            f"task {task.name!r} limits per rate_limit_key={policy.rate_limit.key.value!r}: "
+            f"task {task.name!r} limits per rate_limit_key={feature.key.value!r}: "
             "give the IDENTITY (the value that key takes)"
         )
     if not per_key and identity is not None:
         raise click.UsageError(f"task {task.name!r} has one global limit: give no IDENTITY")
-    limits: list[RateLimit] = Coordination(lambda: target.kv, policy).rate_limits()
+    limits: list[RateLimit] = feature.limits(target.kv)
     return limits
 
 
@@ -653,10 +652,8 @@ def limits(ctx: click.Context, task_or_identity: str, identity: str | None, rate
 
 
 def _task_idempotency(target: Target, task: Any) -> Any:
-    from .claims import Coordination
-
-    policy = _policy(task, "idempotency", "idempotency (base=IdempotentTask)")
-    return Coordination(lambda: target.kv, policy).idempotency()
+    feature = _feature(task, "idempotency", "idempotency (base=IdempotentTask)")
+    return feature.primitive(target.kv, task._kv_policy.namespace)
 
 
 @kv.command()

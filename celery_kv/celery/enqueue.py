@@ -1,13 +1,18 @@
-"""The enqueue guard: ``apply_async`` claims the task's keys for its task id (rules 1, 3, 9).
+"""The enqueue guard: ``apply_async`` claims the task's keys for its task id (rules 1, 3, 9, 13).
 
-The claim has two phases. It is taken with the short ``kv_enqueue_claim_ttl`` before
-the message is published and confirmed with the queued TTL after the publish returns;
-a producer that dies in between blocks the key for seconds, not a day, and a publish
-that raises removes the claim. A duplicate gets the holder's ``AsyncResult`` (a task
-id that was really sent), or ``DuplicateTask`` with ``on_duplicate="raise"``.
+Two phases, each one round trip: the features' claim steps run as one script with the
+short ``kv_enqueue_claim_ttl`` before the message is published, their confirm steps as
+one script with the queued TTL after the publish returns. A producer that dies in between
+blocks the key for seconds, not a day, and a publish that raises runs the claims' undo.
+Each claim carries a nonce, so a claim retried after a lost reply (a stalled Redis) is
+this call's own and the message is still published, never taken for a duplicate.
 
-A duplicate that carries callbacks (``link``, ``link_error``, a chain, a chord or a
-group) is published anyway and resolved at execution, so no callback is dropped.
+A duplicate gets the holder's ``AsyncResult`` (a task id that was really sent), a result
+that already holds the stored outcome of a completed idempotent call, or the feature's
+refusal (``DuplicateTask`` with ``on_duplicate="raise"``). A duplicate whose id someone
+already holds (a task id given by the caller or a canvas: chain links, ``link``,
+group members) or that carries callbacks is published anyway and resolved at execution,
+so every id handed out resolves (rule 11).
 """
 
 from __future__ import annotations
@@ -17,125 +22,26 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from celery.result import EagerResult
 from celery.utils import uuid
 from celery.utils.time import maybe_make_aware
 
 from .. import signals
-from ..errors import CoordinationUnavailable, DuplicateTask, IdempotencyKeyReused
-from ..primitives.lock import Lock
-from .claims import HEADER, Coordination, Keys, check_explicit_key, keys_for
-from .execution import _quietly
-from .keys import Call, as_mapping, task_id_of
-from .options import TaskPolicy
+from ..errors import CoordinationUnavailable
+from .context import HEADER, Enqueue, as_mapping
+from .features import FEATURES
+from .features.base import Duplicate
+from .policy import TaskPolicy
 
 log = logging.getLogger("celery_kv.celery")
 
 Publish = Callable[[str | None, dict[str, Any]], Any]
+CALL_OPTIONS = {name: feature for feature in FEATURES for name in feature.call_options}
 
 
-class Duplicate:
-    def __init__(self, feature: str, key: str, holder: str) -> None:
-        self.feature = feature
-        self.key = key
-        self.holder = holder
-
-
-class EnqueueClaim:
-    """The claims one ``apply_async`` takes for ``task_id``, phase one then phase two."""
-
-    def __init__(self, coord: Coordination, keys: Keys, task_id: str, delay: float = 0.0) -> None:
-        self.coord = coord
-        self.delay = delay  # a countdown or ETA: the queued claim outlives it
-        self.policy: TaskPolicy = coord.policy
-        self.keys = keys
-        self.task_id = task_id
-        self.lock: Lock | None = None
-        self.claimed = False
-        self.feature = "idempotency"  # the feature being claimed, for kv_on_unavailable
-
-    def take(self) -> Duplicate | None:
-        """Phase one; a Duplicate when another task id holds a key (nothing is kept)."""
-        duplicate = self._take_claim()
-        if duplicate is None:
-            try:
-                duplicate = self._take_lock()
-            except BaseException:
-                self.undo()
-                raise
-        if duplicate is not None:
-            self.undo()
-        return duplicate
-
-    def _take_claim(self) -> Duplicate | None:
-        if self.policy.idempotency is None:
-            return None
-        self.feature = "idempotency"
-        key = str(self.keys.idempotency)
-        try:
-            claim = self.coord.idempotency().begin(
-                key, self.task_id, self.keys.fingerprint, lease=self.policy.enqueue_claim_ttl
-            )
-        except IdempotencyKeyReused:
-            raise IdempotencyKeyReused(key, self.policy.name) from None
-        if claim.status == "acquired":
-            self.claimed = True
-            return None
-        if claim.status == "reentered":  # this very task id was enqueued before
-            self.coord.idempotency().renew(key, self.task_id,
-                                           self.policy.idempotency.queued_ttl + self.delay)
-        return Duplicate("idempotency", key, task_id_of(claim.owner) or self.task_id)
-
-    def _take_lock(self) -> Duplicate | None:
-        policy = self.policy.singleton
-        if policy is None or policy.mode != "queued":
-            return None
-        self.feature = "singleton"
-        key = str(self.keys.singleton)
-        lock = self.coord.lock(key, self.task_id, self.policy.enqueue_claim_ttl)
-        if not lock.acquire():
-            return Duplicate("singleton", key, task_id_of(lock.holder) or self.task_id)
-        if lock.reentered:  # this very task id is queued already: keep its claim's lifetime
-            lock.extend(policy.queued_ttl + self.delay)
-            return Duplicate("singleton", key, self.task_id)
-        self.lock = lock
-        return None
-
-    def confirm(self) -> None:
-        """Phase two, after the publish: the claims live on for the queued TTL.
-
-        A confirm that finds the claim gone is normal: a fast worker may have taken it
-        over (or even finished) before the publish returned. If it ran out instead, the
-        worker still checks the key at execution.
-        """
-        if self.lock is not None:
-            policy = self.policy.singleton
-            assert policy is not None
-            lock = self.lock
-            ttl = policy.queued_ttl + self.delay
-            if not _quietly(lambda: lock.extend(ttl), "confirm a claim"):
-                log.debug("task %s[%s]: enqueue claim on %r already taken over or gone",
-                          self.policy.name, self.task_id, lock.name)
-        if self.claimed:
-            policy_i = self.policy.idempotency
-            assert policy_i is not None
-            idem = self.coord.idempotency()
-            key = str(self.keys.idempotency)
-            lease = policy_i.queued_ttl + self.delay
-            if not _quietly(lambda: idem.renew(key, self.task_id, lease),
-                            "confirm an idempotency claim"):
-                log.debug("task %s[%s]: idempotency claim %r already taken over or gone",
-                          self.policy.name, self.task_id, key)
-
-    def undo(self) -> None:
-        """Remove the phase-one claims (the publish failed, or this is a duplicate)."""
-        if self.lock is not None:
-            lock, self.lock = self.lock, None
-            _quietly(lock.release, "release an enqueue claim")
-        if self.claimed:
-            self.claimed = False
-            idem = self.coord.idempotency()
-            key = str(self.keys.idempotency)
-            _quietly(lambda: idem.abandon(key, self.task_id), "release an idempotency claim")
+class ReplayedResult(EagerResult):  # type: ignore[misc]
+    """The stored outcome of a completed call, under the id of the task that produced it:
+    it resolves even when that task's Celery result has expired or was never kept."""
 
 
 def delay_of(app: Any, options: dict[str, Any]) -> float:
@@ -150,75 +56,151 @@ def delay_of(app: Any, options: dict[str, Any]) -> float:
 
 
 def carries_callbacks(options: dict[str, Any]) -> bool:
-    """True for a message that belongs to a canvas: it must be published, never dropped."""
-    return any(options.get(name) for name in ("link", "link_error", "chain", "chord",
-                                               "group_id"))
+    """True for a message that belongs to a canvas (an empty ``chain=[]`` included)."""
+    return any(options.get(name) is not None for name in ("link", "link_error", "chain",
+                                                          "chord", "group_id"))
+
+
+def message_header(options: dict[str, Any]) -> dict[str, Any]:
+    """The celery-kv fields the message already carries (a re-publish keeps them)."""
+    return dict(as_mapping(as_mapping(options.get("headers")).get(HEADER)))
 
 
 def with_header(options: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     headers = dict(as_mapping(options.get("headers")))
-    headers[HEADER] = {**as_mapping(headers.get(HEADER)), **fields}
+    headers[HEADER] = fields
     return {**options, "headers": headers}
+
+
+def take_call_options(task: Any, policy: TaskPolicy | None, options: dict[str, Any],
+                      header: dict[str, Any]) -> None:
+    """Move the per-call options a feature takes (``idempotency_key=``) into the header."""
+    for name, feature_cls in CALL_OPTIONS.items():
+        if name not in options:
+            continue
+        value = options.pop(name)
+        feature = policy.feature(feature_cls.name) if policy is not None else None
+        if feature is None:
+            raise TypeError(f"task {task.name!r}: {name}= is only for tasks with the "
+                            f"{feature_cls.name} feature")
+        feature.call_option(header, name, value)
 
 
 def apply_async(task: Any, publish: Publish, args: Any, kwargs: Any, task_id: str | None,
                 options: dict[str, Any]) -> Any:
     """``KVTask.apply_async``: claim, publish, confirm; or resolve a duplicate."""
     policy: TaskPolicy | None = task._kv_policy
-    explicit = options.pop("idempotency_key", None)
-    if explicit is not None:
-        if policy is None or policy.idempotency is None:
-            raise TypeError(f"task {task.name!r}: idempotency_key= is only for idempotent tasks")
-        explicit = check_explicit_key(policy.name, explicit)
-    if policy is None or not policy.claims_at_enqueue:
+    header = message_header(options)
+    take_call_options(task, policy, options, header)
+    if policy is None or not policy.coordinated:
         return publish(task_id, options)
     current = task.request
-    if task_id is not None and not current.called_directly and current.id == task_id:
+    running_id = None if current.called_directly else current.id
+    if task_id is not None and running_id == task_id:
         return publish(task_id, options)  # the owner re-publishing itself (retry, deferral)
-    call = Call(policy.name, policy.signature, args, kwargs)
-    keys = keys_for(policy, call, explicit)
-    options = with_header(options, keys.header())
-    if task.app.conf.task_always_eager:
-        return publish(task_id, options)  # the execution guard runs in-process
-    return _claim_and_publish(task, publish, keys, task_id or uuid(), options)
+    explicit_id = task_id is not None
+    ctx = Enqueue(task, task_id or uuid(), args, kwargs, header, delay_of(task.app, options),
+                  running_id if getattr(current, "task", None) == task.name else None)
+    options = with_header(options, ctx.fill_header())
+    if not policy.claims_at_enqueue or task.app.conf.task_always_eager:
+        return publish(ctx.task_id, options)  # the execution guard decides
+    return _claim_and_publish(ctx, publish, options, explicit_id)
 
 
-def _claim_and_publish(task: Any, publish: Publish, keys: Keys, task_id: str,
-                       options: dict[str, Any]) -> Any:
-    coord: Coordination = task._kv_coord
-    policy = coord.policy
-    claim = EnqueueClaim(coord, keys, task_id, delay_of(task.app, options))
+def _claim_and_publish(ctx: Enqueue, publish: Publish, options: dict[str, Any],
+                       explicit_id: bool) -> Any:
+    policy = ctx.policy
+    features = [f for f in policy.features if f.claims_at_enqueue]
+    steps = [f.claim(ctx) for f in features]
+    claimed = [(f, s) for f, s in zip(features, steps, strict=True) if s is not None]
+    store = ctx.kv.store
     try:
-        duplicate = claim.take()
+        answer = store.run_phase("enqueue claim", [step for _, step in claimed])
     except CoordinationUnavailable as exc:
-        if policy.on_unavailable[claim.feature] == "raise":
+        if policy.unavailable(tuple(f for f, _ in claimed)) == "raise":
             raise
         log.warning("task %s[%s]: published without an enqueue claim (%s); the worker "
-                    "checks at execution", policy.name, task_id, exc)
-        return publish(task_id, options)
-    if duplicate is not None:
-        return _duplicate(task, publish, duplicate, task_id, options)
+                    "checks at execution", policy.name, ctx.task_id, exc)
+        return publish(ctx.task_id, options)
+    last = answer.replies[-1]
+    if len(answer.replies) == len(claimed) and _verdict(last) == "ok":
+        return _publish_claimed(ctx, publish, options, claimed)
+    feature = claimed[len(answer.replies) - 1][0]
+    duplicate = feature.duplicate(ctx, last)
+    return _duplicate(ctx, publish, duplicate, options, explicit_id)
+
+
+def _publish_claimed(ctx: Enqueue, publish: Publish, options: dict[str, Any],
+                     claimed: list[Any]) -> Any:
+    store = ctx.kv.store
     try:
-        result = publish(task_id, options)
+        result = publish(ctx.task_id, options)
     except BaseException:
-        claim.undo()
+        undo = [step for _, step in claimed]
+        _quietly(lambda: store.run_phase("enqueue undo", [_undo_of(s) for s in undo]),
+                 "release an enqueue claim")
         raise
-    claim.confirm()
+    confirm(ctx, [feature for feature, _ in claimed])
     return result
 
 
-def _duplicate(task: Any, publish: Publish, duplicate: Duplicate, task_id: str,
-               options: dict[str, Any]) -> Any:
-    policy: TaskPolicy = task._kv_policy
-    signals.emit(signals.task_deduplicated, task, task_id=task_id, holder=duplicate.holder,
-                 key=duplicate.key, feature=duplicate.feature, stage="enqueue")
-    if carries_callbacks(options):
-        log.info("task %s[%s]: duplicate of %s carries callbacks; published, resolved at "
-                 "execution", policy.name, task_id, duplicate.holder)
-        return publish(task_id, options)
-    singleton = policy.singleton
-    if duplicate.feature == "singleton" and singleton and singleton.on_duplicate == "raise":
-        raise DuplicateTask(duplicate.key, duplicate.holder, policy.name)
+def confirm(ctx: Enqueue, features: list[Any]) -> None:
+    """Phase two, after the publish: the claims live on for the queued TTL.
+
+    A confirm that finds a claim gone is normal: a fast worker may have taken it over
+    (or even finished) before the publish returned. If it ran out instead, the worker
+    still checks the key at execution.
+    """
+    steps = [s for s in (f.confirm(ctx) for f in features) if s is not None]
+    if steps:
+        _quietly(lambda: ctx.kv.store.run_phase("enqueue confirm", steps), "confirm a claim")
+
+
+def _undo_of(step: Any) -> Any:
+    from ..store import Step
+    from ..store.scripts import load
+
+    undo = load(step.script).undo
+    assert undo is not None, f"claim script {step.script} declares no undo"
+    return Step(undo, step.keys, step.args)
+
+
+def _duplicate(ctx: Enqueue, publish: Publish, duplicate: Duplicate, options: dict[str, Any],
+               explicit_id: bool) -> Any:
+    policy = ctx.policy
+    signals.emit(signals.task_deduplicated, ctx.task, task_id=ctx.task_id,
+                 holder=duplicate.holder, key=duplicate.key, feature=duplicate.feature,
+                 stage="enqueue")
+    same_id = duplicate.holder == ctx.task_id  # this very id is queued already
+    if not same_id and (explicit_id or carries_callbacks(options)):
+        log.info("task %s[%s]: duplicate of %s, but its id is held by a caller or a canvas: "
+                 "published, resolved at execution", policy.name, ctx.task_id,
+                 duplicate.holder)
+        header = {**options["headers"][HEADER], "published_duplicate": True}
+        return publish(ctx.task_id, with_header(options, header))
+    if duplicate.refuse is not None:
+        raise duplicate.refuse
     log.info("task %s: duplicate of %s (%s key %r)", policy.name, duplicate.holder,
              duplicate.feature, duplicate.key)
-    return task.AsyncResult(duplicate.holder)
+    if duplicate.completed:
+        if duplicate.error:
+            error = TypeError(f"task {policy.name!r}: key {duplicate.key!r} ran in "
+                              f"{duplicate.holder} but its outcome is an error: "
+                              f"{duplicate.error}")
+            return ReplayedResult(duplicate.holder, error, "FAILURE", name=policy.name)
+        return ReplayedResult(duplicate.holder, duplicate.result, "SUCCESS", name=policy.name)
+    return ctx.task.AsyncResult(duplicate.holder)
+
+
+def _verdict(reply: Any) -> str:
+    head = reply[0]
+    return head.decode() if isinstance(head, bytes) else str(head)
+
+
+def _quietly(fn: Callable[[], Any], what: str) -> Any:
+    """Best effort: a claim that cannot be confirmed or released runs out by itself."""
+    try:
+        return fn()
+    except Exception as exc:
+        log.warning("celery-kv: could not %s: %s", what, exc)
+        return None

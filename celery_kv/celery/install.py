@@ -103,7 +103,26 @@ def install(app: Any, kv: KV | None = None) -> KV:
         state.use(kv)
     result = state.kv
     app.finalize()
+    _register_settle(app)
     return result
+
+
+def _register_settle(app: Any) -> None:
+    """The callbacks that finish a replaced task's claims with its replacement's outcome."""
+    from .execution import SETTLE, SETTLE_FAILED, settle
+    from .features.base import FAILED, Outcome
+
+    if SETTLE in app.tasks:
+        return
+
+    @app.task(name=SETTLE, shared=False)  # type: ignore[untyped-decorator]
+    def settle_done(result: Any, *, task: str, task_id: str, header: dict[str, Any]) -> None:
+        settle(app, Outcome(True, result), task, task_id, header)
+
+    @app.task(name=SETTLE_FAILED, shared=False)  # type: ignore[untyped-decorator]
+    def settle_failed(failed_id: Any, *, task: str, task_id: str,
+                      header: dict[str, Any]) -> None:
+        settle(app, FAILED, task, task_id, header)
 
 
 _hooks_connected = False

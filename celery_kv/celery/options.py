@@ -1,266 +1,196 @@
-"""Task options: read from the task class (decorator, ``task_annotations``) over the
-``kv_*`` settings, checked once when the task is bound, and frozen into a ``TaskPolicy``.
+"""Option declarations: each feature declares its task options once, here is what reads them.
 
-Every error names the task, the option and the bad value, and is raised where the task
-is defined.
+An ``Option`` gives a name, a one-line doc, a default, the ``kv_*`` setting that supplies
+the default, and a check. From the declarations come the task-class attributes, the
+known-option list, the typo check, the ``kv_*`` settings and the README's tables
+(``python -m celery_kv.celery.options`` prints them). Every error names the task, the
+option and the bad value, and is raised where the task is defined.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..primitives.ratelimit import parse_rate
-from .config import ALGORITHMS, Settings, on_unavailable_policy, seconds
-from .keys import KeySpec, namespace_for, task_signature
+from ..primitives._arguments import MAX_SECONDS, is_seconds
+from .keys import KeySpec, task_signature
 
-SINGLETON_MODES = ("queued", "running")
-ON_DUPLICATE = ("return_existing", "raise")
-ON_LOCKED = ("retry", "skip", "raise")
+Check = Callable[[Any, "Where"], Any]
 
 
 @dataclass(frozen=True)
-class SingletonPolicy:
-    key: KeySpec | None
-    mode: str
-    lock_ttl: float
-    queued_ttl: float
-    on_duplicate: str
-    on_locked: str
+class Where:
+    """Names a value in errors: ``task 'proj.sync': option lock_ttl=-1`` or ``kv_lock_ttl=-1``."""
+
+    text: str
+    task: TaskDefinition | None = None
+
+    def __call__(self, value: Any) -> str:
+        return f"{self.text}={value!r}"
+
+
+def any_value(value: Any, where: Where) -> Any:
+    return value
+
+
+def flag(value: Any, where: Where) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{where(value)} must be True or False")
+    return value
+
+
+def seconds(value: Any, where: Where) -> float:
+    """A finite number of seconds > 0 (at most MAX_SECONDS)."""
+    if not is_seconds(value, MAX_SECONDS):
+        raise ValueError(
+            f"{where(value)} must be a finite number of seconds > 0 (at most {MAX_SECONDS:.0e})"
+        )
+    return float(value)
+
+
+def choice(*choices: str) -> Check:
+    def check(value: Any, where: Where) -> str:
+        if value not in choices:
+            raise ValueError(f"{where(value)} must be one of {choices}")
+        return str(value)
+
+    check.__doc__ = " | ".join(f'``"{c}"``' for c in choices)
+    return check
+
+
+def positive_int(value: Any, where: Where) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where(value)} must be an int >= 1")
+    return value
+
+
+def key_spec(value: Any, where: Where) -> KeySpec:
+    """A key template such as ``"{tenant_id}"`` or a callable, checked against the signature."""
+    task = where.task
+    if task is None:
+        raise ValueError(f"{where(value)}: a key can only be a task option")
+    return KeySpec(task.name, where.text.rsplit(" ", 1)[-1], value, task.signature)
 
 
 @dataclass(frozen=True)
-class IdempotencyPolicy:
-    key: KeySpec | None
-    ttl: float
-    lease: float
-    queued_ttl: float
-
-
-@dataclass(frozen=True)
-class RateLimitPolicy:
-    rates: tuple[str, ...]
-    key: KeySpec | None
-    algorithm: str
-    max_delay: float
-
-
-@dataclass(frozen=True)
-class ConcurrencyPolicy:
-    limit: int
-    key: KeySpec | None
-    lease: float
-
-
-@dataclass(frozen=True)
-class CachePolicy:
-    ttl: float
-    key: KeySpec | None
-    version: str
-    compute_timeout: float | None  # single-flight lease: the task's time limit, when set
-
-
-@dataclass(frozen=True)
-class TaskPolicy:
-    """Everything celery-kv does for one task, decided at definition."""
+class Option:
+    """One option a feature owns: task attribute ``name``, default from ``setting``."""
 
     name: str
-    signature: inspect.Signature
-    namespace: str
-    singleton: SingletonPolicy | None
-    idempotency: IdempotencyPolicy | None
-    rate_limit: RateLimitPolicy | None
-    concurrency: ConcurrencyPolicy | None
-    cache: CachePolicy | None
-    on_unavailable: Mapping[str, str]
-    enqueue_claim_ttl: float
-    unavailable_max_delay: float
-    wait_interval: float
+    doc: str
+    check: Check = any_value
+    default: Any = None
+    setting: str | None = None  # the kv_* setting giving the default; None: task option only
+    task_option: bool = True  # False: an app-wide setting only
 
-    @property
-    def claims_at_enqueue(self) -> bool:
-        queued = self.singleton is not None and self.singleton.mode == "queued"
-        return queued or self.idempotency is not None
-
-    @property
-    def coordinated(self) -> bool:
-        return any((self.singleton, self.idempotency, self.rate_limit, self.concurrency,
-                    self.cache))
+    def shown_default(self) -> str:
+        if self.default is None:
+            return "—"
+        if isinstance(self.default, float) and self.default == math.floor(self.default):
+            return f"`{self.default:.1f}`"
+        return f"`{self.default!r}`".replace("'", '"')
 
 
-class _Reader:
-    """Reads one task's options and raises errors that name the task and option."""
+class TaskDefinition:
+    """One task class being defined: reads and checks its options (task over setting)."""
 
-    def __init__(self, task_cls: Any, settings: Settings) -> None:
+    def __init__(self, task_cls: Any, settings: Any) -> None:
         self.cls = task_cls
         self.name = str(task_cls.name)
         self.settings = settings
         try:
-            self.signature = task_signature(task_cls)
+            self.signature: inspect.Signature = task_signature(task_cls)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"task {self.name!r}: cannot read its signature: {exc}") from None
 
-    def raw(self, option: str) -> Any:
-        return getattr(self.cls, option, None)
+    def where(self, option: Option | str) -> Where:
+        name = option if isinstance(option, str) else option.name
+        return Where(f"task {self.name!r}: option {name}", self)
 
-    def where(self, option: str, value: Any) -> str:
-        return f"task {self.name!r}: option {option}={value!r}"
+    def is_set(self, option: Option) -> bool:
+        return getattr(self.cls, option.name, None) is not None
 
-    def flag(self, option: str) -> bool:
-        value = self.raw(option)
-        if value is None:
-            return False
-        if not isinstance(value, bool):
-            raise TypeError(f"{self.where(option, value)} must be True or False")
-        return value
+    def get(self, option: Option) -> Any:
+        """The option's value, checked: the task's own, else its setting's, else the default."""
+        value = getattr(self.cls, option.name, None)
+        if value is not None:
+            return option.check(value, self.where(option))
+        if option.setting is not None:
+            return self.settings.values[option.setting]
+        return option.default
 
-    def seconds(self, option: str, default: float) -> float:
-        value = self.raw(option)
-        if value is None:
-            return default
-        return seconds(value, f"task {self.name!r}: option {option}")
+    def raw(self, name: str) -> Any:
+        """A task attribute that is not a celery-kv option (``time_limit``, ...)."""
+        return getattr(self.cls, name, None)
 
-    def choice(self, option: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.raw(option)
-        if value is None:
-            return default
-        if value not in choices:
-            raise ValueError(f"{self.where(option, value)} must be one of {choices}")
-        return str(value)
-
-    def key(self, option: str, enabled: bool, feature: str) -> KeySpec | None:
-        value = self.raw(option)
-        if value is None:
-            return None
-        if not enabled:
-            raise ValueError(f"{self.where(option, value)} is set but {feature} is not enabled")
-        return KeySpec(self.name, option, value, self.signature)
+    def needs(self, option: Option, enabled: bool, feature: str) -> None:
+        """Refuse an option set on a task whose feature is off (it would do nothing)."""
+        value = getattr(self.cls, option.name, None)
+        if value is not None and not enabled:
+            raise ValueError(f"{self.where(option)(value)} is set but {feature} is not enabled")
 
 
-def _singleton(r: _Reader) -> SingletonPolicy | None:
-    enabled = r.flag("singleton")
-    key = r.key("singleton_key", enabled, "singleton")
-    mode = r.choice("singleton_mode", SINGLETON_MODES, "queued")
-    lock_ttl = r.seconds("lock_ttl", r.settings.lock_ttl)
-    queued_ttl = r.seconds("queued_ttl", r.settings.queued_ttl)
-    on_duplicate = r.choice("on_duplicate", ON_DUPLICATE, "return_existing")
-    on_locked = r.choice("on_locked", ON_LOCKED, "retry")
-    if not enabled:
-        return None
-    return SingletonPolicy(key, mode, lock_ttl, queued_ttl, on_duplicate, on_locked)
+def check_spelling(task_cls: Any, name: str, known: Iterable[str]) -> None:
+    """A decorator option close to one of ours, or in one of our families (``cache_*``,
+    ``singleton_*``, ...), but not one of ours is a typo: refuse it now.
 
-
-def _idempotency(r: _Reader) -> IdempotencyPolicy | None:
-    enabled = r.flag("idempotent")
-    key = r.key("idempotency_key", enabled, "idempotent")
-    ttl = r.seconds("idempotency_ttl", r.settings.idempotency_ttl)
-    lease = r.seconds("idempotency_lease", r.settings.idempotency_lease)
-    if lease > ttl:
-        raise ValueError(
-            f"task {r.name!r}: idempotency_lease={lease!r} must not exceed idempotency_ttl={ttl!r}"
-        )
-    if not enabled:
-        return None
-    return IdempotencyPolicy(key, ttl, lease, r.seconds("queued_ttl", r.settings.queued_ttl))
-
-
-def _rates(r: _Reader) -> tuple[str, ...]:
-    value = r.raw("global_rate_limit")
-    if value is None:
-        return ()
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not items:
-        raise ValueError(f"{r.where('global_rate_limit', value)} names no rate")
-    for item in items:
-        try:
-            parse_rate(item)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{r.where('global_rate_limit', value)}: {exc}") from None
-    return tuple(str(item) for item in items)
-
-
-def _rate_limit(r: _Reader) -> RateLimitPolicy | None:
-    rates = _rates(r)
-    key = r.key("rate_limit_key", bool(rates), "global_rate_limit")
-    algorithm = r.choice("rate_limit_algorithm", ALGORITHMS, r.settings.rate_limit_algorithm)
-    max_delay = r.seconds("rate_limit_max_delay", r.settings.rate_limit_max_delay)
-    if not rates:
-        return None
-    return RateLimitPolicy(rates, key, algorithm, max_delay)
-
-
-def _concurrency(r: _Reader) -> ConcurrencyPolicy | None:
-    limit = r.raw("concurrency_limit")
-    key = r.key("concurrency_key", limit is not None, "concurrency_limit")
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"{r.where('concurrency_limit', limit)} must be an int >= 1")
-    return ConcurrencyPolicy(limit, key, r.seconds("lock_ttl", r.settings.lock_ttl))
-
-
-def _cache(r: _Reader) -> CachePolicy | None:
-    enabled = r.flag("cached") or r.raw("cache_ttl") is not None
-    key = r.key("cache_key", enabled, "cache (cache_ttl)")
-    ttl = r.seconds("cache_ttl", r.settings.cache_ttl)
-    version = r.raw("cache_version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, (str, int))):
-        raise TypeError(f"{r.where('cache_version', version)} must be a str or int")
-    if version is not None and not enabled:
-        raise ValueError(f"{r.where('cache_version', version)} is set but cache is not enabled")
-    if not enabled:
-        return None
-    limits = [r.raw("time_limit"), r.raw("soft_time_limit")]
-    timeout = next((float(v) for v in limits if isinstance(v, (int, float)) and v > 0), None)
-    return CachePolicy(ttl, key, "" if version is None else str(version), timeout)
-
-
-OPTIONS = frozenset({
-    "singleton", "singleton_key", "singleton_mode", "lock_ttl", "queued_ttl", "on_duplicate",
-    "on_locked", "idempotent", "idempotency_key", "idempotency_ttl", "idempotency_lease",
-    "global_rate_limit", "rate_limit_key", "rate_limit_algorithm", "rate_limit_max_delay",
-    "concurrency_limit", "concurrency_key", "cached", "cache_ttl", "cache_key", "cache_version",
-    "on_unavailable",
-})
-_OUR_PREFIXES = ("singleton", "idempoten", "global_rate", "rate_limit_", "concurrency",
-                 "cache_", "lock_", "queued_")
-
-
-def _check_spelling(task_cls: Any, name: str) -> None:
-    """A decorator option that looks like ours but is not one is a typo: say so now."""
+    Only options given to ``@app.task(...)`` are read (a class-based task may have
+    attributes of its own), and never Celery's own task attributes.
+    """
     if not task_cls.__dict__.get("_decorated"):
-        return  # a class-based task may have attributes of its own
+        return
+    from celery import Task
+
+    options = sorted(known)
+    families = tuple({o.split("_")[0] for o in options} - {"on"})
+    celery_own = set(dir(Task))
     for attr in task_cls.__dict__:
-        if attr.startswith(_OUR_PREFIXES) and attr not in OPTIONS:
+        if attr.startswith("_") or attr in options or attr in celery_own:
+            continue
+        close = difflib.get_close_matches(attr, options, n=1, cutoff=0.8)
+        if close or attr.startswith(families):
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"task {name!r}: unknown celery-kv option {attr!r} "
-                f"(options: {', '.join(sorted(OPTIONS))})"
+                f"task {name!r}: unknown celery-kv option {attr!r}{hint} "
+                f"(options: {', '.join(options)})"
             )
 
 
-def build_policy(task_cls: Any, settings: Settings) -> TaskPolicy:
-    """Check every celery-kv option of a task class and freeze them (definition time)."""
-    r = _Reader(task_cls, settings)
-    _check_spelling(task_cls, r.name)
-    unavailable = r.raw("on_unavailable")
-    policy = TaskPolicy(
-        name=r.name,
-        signature=r.signature,
-        namespace=namespace_for(r.name),
-        singleton=_singleton(r),
-        idempotency=_idempotency(r),
-        rate_limit=_rate_limit(r),
-        concurrency=_concurrency(r),
-        cache=_cache(r),
-        on_unavailable=(settings.on_unavailable if unavailable is None else
-                        on_unavailable_policy(unavailable, f"task {r.name!r}: option "
-                                              "on_unavailable")),
-        enqueue_claim_ttl=settings.enqueue_claim_ttl,
-        unavailable_max_delay=settings.unavailable_max_delay,
-        wait_interval=settings.wait_interval,
-    )
-    if getattr(task_cls, "_kv_requires_rate", False) and policy.rate_limit is None:
-        raise ValueError(f"task {r.name!r}: RateLimitedTask needs global_rate_limit='N/s|m|h'")
-    return policy
+def markdown_table(rows: Iterable[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def options_table(features: Iterable[tuple[str, Iterable[Option]]]) -> str:
+    """The README's table of task options, one row per option, grouped by feature."""
+    rows = []
+    for feature, options in features:
+        for option in options:
+            if option.task_option:
+                setting = f"`{option.setting}`" if option.setting else "—"
+                rows.append((feature, f"`{option.name}`", setting, option.doc))
+    return markdown_table(rows, ("feature", "option", "default from", "meaning"))
+
+
+def settings_table(options: Iterable[Option]) -> str:
+    """The README's table of ``kv_*`` settings."""
+    rows = [(f"`{o.setting}`", o.shown_default(), o.doc) for o in options if o.setting]
+    return markdown_table(rows, ("setting", "default", "meaning"))
+
+
+def read_settings(conf: Mapping[str, Any] | Any, options: Iterable[Option]) -> dict[str, Any]:
+    """Every declared ``kv_*`` setting from ``app.conf``, checked, by setting name."""
+    values: dict[str, Any] = {}
+    for option in options:
+        if option.setting is None or option.setting in values:
+            continue
+        value = conf.get(option.setting)
+        values[option.setting] = (
+            option.default if value is None else option.check(value, Where(option.setting))
+        )
+    return values

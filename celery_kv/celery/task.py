@@ -7,8 +7,10 @@ the ``kv_*`` settings (see ``celery_kv.celery.config``)::
               global_rate_limit="10/s")
     def nightly(tenant_id): ...
 
-They are checked when the task is bound (at its decorator once ``install(app)`` has
-run), and an error names the task, the option and the value.
+Each feature declares its options (``celery_kv.celery.features``); the attributes
+below are made from those declarations. They are checked when the task is bound (at
+its decorator once ``install(app)`` has run), and an error names the task, the option
+and the value.
 
 Inside a task body:
 
@@ -16,98 +18,54 @@ Inside a task body:
 - ``self.fence`` (also ``self.request.kv_fence``) is the singleton lock's fencing token
   for this run: an int that only goes up across holders of the key; hand it to the
   resource you protect so it can refuse a write from an older holder;
+- ``self.kv_lost`` is True once this run has lost a lease it held (the heartbeat could
+  not renew it: Redis was unreachable for a whole lease, or the key was broken), and
+  ``self.kv_checkpoint()`` then raises ``LockLost``: call it before each step that must
+  not run without the lock;
 - ``self.request.kv_rate_limit`` is the rate limit ``Decision`` that admitted the run.
 
-How a call goes: ``apply_async`` claims the singleton and idempotency keys for the new
-task id (see ``enqueue``); the worker checks every key again around the body (see
-``execution``), so ``send_task``, beat and broker redeliveries are held to the same
-rules. Calling the task object directly (``task(1, 2)``) is a plain function call and
-runs the body uncoordinated, as in Celery. Run eagerly (``apply()``,
-``task_always_eager``), a run that would have to wait raises its reason instead
-(``LockNotAcquired``, ``RateLimitExceeded``, ``IdempotencyInProgress``).
+How a call goes: ``apply_async`` claims the keys for the new task id (see ``enqueue``);
+the worker checks every key again around the body (see ``execution``), so
+``send_task``, beat and broker redeliveries are held to the same rules, and so are
+``apply()`` and eager mode. Calling the task object directly (``task(1, 2)``) is a plain
+function call and runs the body uncoordinated, as in Celery. Run eagerly, a run that
+would have to wait raises its reason instead (``LockNotAcquired``,
+``RateLimitExceeded``, ``IdempotencyInProgress``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from celery import Task
 
 from ..kv import KV
 from . import enqueue, execution
-from .claims import Coordination, Keys, keys_for
+from .config import all_options
+from .context import HEADER, Context, as_mapping
 from .install import installed
-from .keys import Call
-from .options import TaskPolicy, build_policy
+from .policy import TaskPolicy, build_policy
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys one call would hold (``task.kv_keys(...)``), for tools and tests."""
+
+    singleton: str | None = None
+    idempotency: str | None = None
+    fingerprint: str | None = None
 
 
 class KVTask(Task):  # type: ignore[misc]
     """A Celery task with celery-kv coordination; every feature is off until its option is set.
 
-    ============================  ==================================================
-    option                        meaning
-    ============================  ==================================================
-    ``singleton``                 at most one instance per key (``True``/``False``)
-    ``singleton_key``             template (``"{tenant_id}"``) or callable; default:
-                                  all arguments
-    ``singleton_mode``            ``"queued"`` (one queued-or-running) or ``"running"``
-                                  (duplicates queue, never run at once)
-    ``lock_ttl``                  running lease, renewed by a heartbeat (kv_lock_ttl)
-    ``queued_ttl``                lifetime of a queued claim (kv_queued_ttl)
-    ``on_duplicate``              ``"return_existing"`` or ``"raise"`` (DuplicateTask)
-    ``on_locked``                 a run finding the key held: ``"retry"`` (wait),
-                                  ``"skip"`` (return None) or ``"raise"``
-                                  (LockNotAcquired)
-    ``idempotent``                run once per key, replay the stored result
-    ``idempotency_key``           template or callable (also per call:
-                                  ``apply_async(..., idempotency_key="order-42")``)
-    ``idempotency_ttl``           how long the result is replayed
-    ``idempotency_lease``         running lease, renewed by a heartbeat
-    ``global_rate_limit``         ``"100/m"`` or a list of rates charged together
-    ``rate_limit_key``            per-key limits (``"{tenant_id}"``); default: task-wide
-    ``rate_limit_algorithm``      ``gcra``, ``sliding_log``, ``sliding_window``,
-                                  ``fixed_window``
-    ``rate_limit_max_delay``      past this total delay: RateLimitExceeded (over the
-                                  limit the task is rescheduled with countdown =
-                                  retry_after + jitter, not counted in max_retries)
-    ``concurrency_limit``         at most N running at once across all workers
-    ``concurrency_key``           per-key slots; default: task-wide
-    ``cached``                    cache with ``kv_cache_ttl`` (``CachedTask`` sets it)
-    ``cache_ttl``                 cache the result for this long (enables the cache)
-    ``cache_key``                 template or callable; default: all arguments
-    ``cache_version``             part of every cache key: change it to invalidate
-                                  (concurrent misses wait for one computer for up to
-                                  the task's ``time_limit``, else 10 s)
-    ``on_unavailable``            overrides ``kv_on_unavailable`` for this task
-    ============================  ==================================================
+    The options, their defaults and their settings are listed in the README ("The Celery
+    face") and by ``python -m celery_kv.celery.options``.
     """
-
-    singleton: ClassVar[bool] = False
-    singleton_key: ClassVar[Any] = None
-    singleton_mode: ClassVar[str | None] = None
-    lock_ttl: ClassVar[float | None] = None
-    queued_ttl: ClassVar[float | None] = None
-    on_duplicate: ClassVar[str | None] = None
-    on_locked: ClassVar[str | None] = None
-    idempotent: ClassVar[bool] = False
-    idempotency_key: ClassVar[Any] = None
-    idempotency_ttl: ClassVar[float | None] = None
-    idempotency_lease: ClassVar[float | None] = None
-    global_rate_limit: ClassVar[Any] = None
-    rate_limit_key: ClassVar[Any] = None
-    rate_limit_algorithm: ClassVar[str | None] = None
-    rate_limit_max_delay: ClassVar[float | None] = None
-    concurrency_limit: ClassVar[int | None] = None
-    concurrency_key: ClassVar[Any] = None
-    cached: ClassVar[bool] = False
-    cache_ttl: ClassVar[float | None] = None
-    cache_key: ClassVar[Any] = None
-    cache_version: ClassVar[str | int | None] = None
-    on_unavailable: ClassVar[Any] = None
 
     _kv_requires_rate: ClassVar[bool] = False
     _kv_policy: ClassVar[TaskPolicy | None] = None
-    _kv_coord: ClassVar[Coordination | None] = None
 
     @classmethod
     def on_bound(cls, app: Any) -> None:
@@ -124,7 +82,6 @@ class KVTask(Task):  # type: ignore[misc]
                 app._tasks.pop(cls.name, None)  # do not leave a half-defined task behind
             raise
         cls._kv_policy = policy
-        cls._kv_coord = Coordination(lambda: state.kv, policy)
 
     @property
     def kv(self) -> KV:
@@ -136,6 +93,18 @@ class KVTask(Task):  # type: ignore[misc]
         """The singleton lock's fencing token for the current run (None outside one)."""
         return getattr(self.request, "kv_fence", None)
 
+    @property
+    def kv_lost(self) -> bool:
+        """True once the current run has lost a lease it held."""
+        running = getattr(self.request, "_kv_run", None)
+        return bool(running is not None and running.run.lost)
+
+    def kv_checkpoint(self) -> None:
+        """Raise ``LockLost`` when the current run has lost a lease it held."""
+        running = getattr(self.request, "_kv_run", None)
+        if running is not None:
+            running.checkpoint()
+
     def kv_keys(self, args: Any = None, kwargs: Any = None,
                 idempotency_key: str | None = None) -> Keys:
         """The singleton and idempotency keys a call would claim (for tools and tests).
@@ -144,8 +113,17 @@ class KVTask(Task):  # type: ignore[misc]
         ``keys.idempotency`` in the task's namespace (``self.kv_namespace``).
         """
         policy = self._require_policy()
-        return keys_for(policy, Call(policy.name, policy.signature, args, kwargs),
-                        idempotency_key)
+        header: dict[str, Any] = {}
+        if idempotency_key is not None:
+            enqueue.take_call_options(self, policy, {"idempotency_key": idempotency_key},
+                                      header)
+        ctx = Context(self, "", args, kwargs, header)
+        ctx.fill_header()
+        described: dict[str, Any] = {}
+        for feature in policy.features:
+            described.update(feature.describe(ctx))
+        return Keys(described.get("singleton"), described.get("idempotency"),
+                    described.get("fingerprint"))
 
     @property
     def kv_namespace(self) -> str:
@@ -174,6 +152,16 @@ class KVTask(Task):  # type: ignore[misc]
 
         return enqueue.apply_async(self, publish, args, kwargs, task_id, options)
 
+    def apply(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        """Run eagerly under the same rules as a worker run (per-call options included)."""
+        headers = dict(as_mapping(options.get("headers")))
+        header = dict(as_mapping(headers.get(HEADER)))
+        enqueue.take_call_options(self, self._kv_policy, options, header)
+        if header:
+            headers[HEADER] = header
+            options["headers"] = headers
+        return super().apply(args, kwargs, *rest, **options)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the body under the execution guard when a worker (or ``apply``) runs it."""
         request = self.request_stack.top
@@ -184,12 +172,28 @@ class KVTask(Task):  # type: ignore[misc]
             return self.run(*args, **kwargs)
         return execution.execute(self, request, args, kwargs)
 
-    def retry(self, *args: Any, **kwargs: Any) -> Any:
-        """``Task.retry``, handing the claims back to the task id before it re-publishes."""
-        run = getattr(self.request, "_kv_run", None)
-        if run is not None:
-            run.hand_back()
-        return super().retry(*args, **kwargs)
+    def retry(self, args: Any = None, kwargs: Any = None, exc: Any = None, throw: bool = True,
+              eta: Any = None, countdown: Any = None, max_retries: Any = None,
+              **options: Any) -> Any:
+        """``Task.retry``, handing the claims back to the task id before it re-publishes,
+        for the retry's countdown plus the queued TTL."""
+        running = getattr(self.request, "_kv_run", None)
+        if running is not None:
+            running.hand_back(running._retry_delay(countdown if countdown is not None
+                                                   else eta))
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+    def on_replace(self, sig: Any) -> Any:
+        """``self.replace(sig)``: the replacement inherits the claims (see ``execution``)."""
+        running = getattr(self.request, "_kv_run", None)
+        if running is not None and not self.request.is_eager:
+            running.replace(sig)
+        return super().on_replace(sig)
+
+
+for _option in all_options():
+    if _option.task_option:
+        setattr(KVTask, _option.name, None)
 
 
 class SingletonTask(KVTask):

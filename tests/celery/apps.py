@@ -171,6 +171,59 @@ def make_app(name: str, broker: str, backend: str, kv_url: str, prefix: str, fx_
         run_body(tag)
         return {1, 2}
 
+    @app.task(base=IdempotentTask, shared=False, name="t.idem_quiet", ignore_result=True)
+    def idem_quiet(tag: str, x: int) -> int:
+        run_body(tag)
+        return x * 2
+
+    @app.task(shared=False, name="t.plus")
+    def plus(a: int, b: int) -> int:
+        return a + b
+
+    @app.task(base=IdempotentTask, shared=False, name="t.idem_replace", bind=True)
+    def idem_replace(self: Any, tag: str, x: int) -> Any:
+        run_body(tag)
+        return self.replace(plus.si(x, 100))
+
+    @app.task(base=KVTask, shared=False, name="t.idem_single", singleton=True,
+              idempotent=True)
+    def idem_single(tag: str, x: int) -> int:
+        run_body(tag)
+        return x
+
+    # -- lifecycle holes ------------------------------------------------------------------
+
+    @app.task(base=SingletonTask, shared=False, name="t.single_long_retry", bind=True,
+              queued_ttl=2.0, max_retries=1)
+    def single_long_retry(self: Any, tag: str) -> int:
+        run_body(tag, retries=self.request.retries)
+        if self.request.retries == 0:
+            raise self.retry(countdown=6.0)
+        return self.request.retries
+
+    @app.task(base=SingletonTask, shared=False, name="t.poller", bind=True,
+              singleton_key="{tag}")
+    def poller(self: Any, tag: str, n: int, last: int = 3) -> int:
+        event = run_body(tag, 0.3, n=n, fence=self.fence)
+        if n < last:
+            successor = self.apply_async((tag, n + 1, last))
+            fx.rpush(f"fx:{tag}:successors", successor.id)
+        return int(event["pid"] and n)
+
+    @app.task(base=SingletonTask, shared=False, name="t.lose", bind=True, lock_ttl=1.0,
+              singleton_key="{tag}")
+    def lose(self: Any, tag: str) -> dict[str, Any]:
+        fx.incr(f"fx:{tag}:n")
+        deadline = time.monotonic() + 20
+        while not self.kv_lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            self.kv_checkpoint()
+            raised = None
+        except LockLost as exc:
+            raised = type(exc).__name__
+        return {"lost": self.kv_lost, "checkpoint": raised}
+
     # -- rate limits, concurrency ---------------------------------------------------------
 
     @app.task(base=RateLimitedTask, shared=False, name="t.rl_global", bind=True,

@@ -8,7 +8,7 @@ import pytest
 from celery import Celery, chain, chord
 
 from celery_kv import IdempotencyKeyReused
-from celery_kv.celery.claims import HEADER
+from celery_kv.celery.context import HEADER
 from celery_kv.celery.install import installed
 from tests.celery.conftest import Env, Worker, count, enqueue_from_processes, events
 from tests.conftest import wait_for
@@ -62,7 +62,8 @@ def test_an_explicit_key_reused_with_other_arguments_fails(
     with pytest.raises(IdempotencyKeyReused):
         task.apply_async((tag, 9, 9), idempotency_key=key)
     # a message from elsewhere that carries the key with other arguments fails at execution
-    forged = {"i": key, "f": task.kv_keys((tag, 9, 9)).fingerprint}
+    forged = {"idempotency_key": key,
+              "idempotency_fingerprint": task.kv_keys((tag, 9, 9)).fingerprint}
     result = client_app.send_task("t.idem_add", (tag, 9, 9), headers={HEADER: forged})
     with pytest.raises(IdempotencyKeyReused) as caught:
         result.get(timeout=30)
@@ -70,15 +71,26 @@ def test_an_explicit_key_reused_with_other_arguments_fails(
     assert count(fx, tag) == 1
 
 
-def test_non_json_result_fails_clearly_and_leaves_no_claim(
+def test_non_json_result_fails_clearly_and_a_duplicate_does_not_run_it_again(
     worker: Worker, client_app: Celery, fx: Any, tag: str
 ) -> None:
-    result = client_app.tasks["t.idem_bad"].delay(tag)
+    """The body ran (its effects happened) but its result cannot be stored: the record keeps
+    the error, so a duplicate replays it instead of repeating the effects."""
+    task = client_app.tasks["t.idem_bad"]
+    result = task.delay(tag)
     with pytest.raises(TypeError) as caught:
         result.get(timeout=30)
-    key = client_app.tasks["t.idem_bad"].kv_keys((tag,)).idempotency
+    key = task.kv_keys((tag,)).idempotency
     assert "t.idem_bad" in str(caught.value) and str(key) in str(caught.value)
-    assert state(client_app, "t.idem_bad", tag).status == "absent"
+    assert state(client_app, "t.idem_bad", tag).status == "completed"
+    duplicate = task.delay(tag)
+    assert duplicate.id == result.id
+    with pytest.raises(TypeError, match="JSON"):
+        duplicate.get(timeout=30)
+    sent = client_app.send_task("t.idem_bad", (tag,))  # skips apply_async: replayed at execution
+    with pytest.raises(TypeError, match="JSON"):
+        sent.get(timeout=30)
+    assert count(fx, tag) == 1
 
 
 def test_chain_with_a_deduplicated_head_gets_the_replayed_value(

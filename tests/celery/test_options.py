@@ -316,8 +316,12 @@ def test_a_cached_task_waits_for_its_computer_up_to_its_time_limit(app: Celery) 
     def quick(x: int) -> int:
         return x
 
-    assert slow._kv_coord.cache().lock_timeout == 120.0
-    assert quick._kv_coord.cache().lock_timeout == 10.0
+    def lease(task: Any) -> float:
+        return float(task._kv_policy.feature("cache").cache(task.kv, task.kv_namespace)
+                     .lock_timeout)
+
+    assert lease(slow) == 120.0
+    assert lease(quick) == 10.0
 
 
 @pytest.mark.cluster

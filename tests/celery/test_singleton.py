@@ -80,17 +80,19 @@ def test_send_task_bypass_is_held_to_the_rule_at_execution(
     args = (tag, 3, 0.6)
     first = client_app.tasks["t.single"].apply_async(args)
     bypass = [client_app.send_task("t.single", args) for _ in range(3)]
-    # the same task id delivered twice (visibility timeout): held off, never let in
+    # the same task id delivered twice (visibility timeout): held off while the first runs,
+    # then acknowledged without running, since that task id has finished (rule 12)
     copy = client_app.send_task("t.single", args, task_id=first.id)
     assert first.get(timeout=30) == 3
     for result in bypass:
         assert result.get(timeout=30) == 3
-    wait_for(lambda: len(events(fx, tag)) == 5, 30, "every delivery to run in turn")
+    wait_for(lambda: len(events(fx, tag)) == 4, 30, "every other delivery to run in turn")
+    wait_free(client_app, "t.single", *args)
     intervals = events(fx, tag)
-    assert sum(e["id"] == copy.id for e in intervals) == 2
+    assert sum(e["id"] == copy.id for e in intervals) == 1
     assert_no_overlap(intervals)
     fences = [e["fence"] for e in sorted(intervals, key=lambda e: e["start"])]
-    assert fences == sorted(fences) and len(set(fences)) == 5, "fences only go up"
+    assert fences == sorted(fences) and len(set(fences)) == 4, "fences only go up"
     wait_free(client_app, "t.single", *args)
 
 

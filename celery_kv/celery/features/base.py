@@ -1,0 +1,160 @@
+"""``Feature``: what one coordination feature declares and does at each lifecycle phase.
+
+A feature is a thin policy over a primitive, like a dramatiq middleware: it declares its
+task options once (``options``), owns its message-header fields (``header_fields``), and
+answers the engine's hooks with ``Step``s, one step script each. The engine
+(``enqueue``, ``execution``) joins the steps of all of a task's features into one
+script per phase and names no feature; the phases are:
+
+- enqueue: ``claim`` (phase one, before publish; its script's undo runs when a later
+  feature denies or the publish fails) and ``confirm`` (phase two, after publish);
+- execution: ``start`` (its reply goes to ``started``, ``stopped`` or ``denied``),
+  ``renew`` (the heartbeat), ``hand_back`` (a retry or deferral: the task id is queued
+  again for ``hold`` seconds), and ``finish`` (the final outcome, or a revoke).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ...store import Step
+from ..options import Option, TaskDefinition
+
+if TYPE_CHECKING:
+    from ..context import Context, Enqueue, Run
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A final outcome: ``done`` with a result (``raw``: its JSON, ``error``: why it has
+    none), or ``failed`` (an exception, a revoke, a reject)."""
+
+    done: bool
+    result: Any = None
+    raw: str = "null"
+    error: str = ""
+
+
+FAILED = Outcome(False)
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A claim another task id holds: the holder's id, and its stored outcome when done."""
+
+    feature: str
+    key: str
+    holder: str
+    completed: bool = False
+    result: Any = None
+    error: str = ""
+    refuse: Exception | None = None  # raise this rather than hand the holder back
+
+
+@dataclass
+class Wait:
+    """Defer the task: re-publish its id after ``countdown`` (or a backoff bounded by
+    ``hint``, the seconds until the holder's lease ends), holding nothing meanwhile.
+
+    ``budget`` names a header field that sums this kind of delay; past ``max_total``
+    seconds in all the task fails with ``reason`` instead. ``quiet``: the id is being run
+    by an earlier delivery, so this one writes no RETRY state over that run's result.
+    """
+
+    reason: Exception
+    hint: float | None = None
+    countdown: float | None = None
+    budget: str | None = None
+    max_total: float = math.inf
+    quiet: bool = False
+    marks: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Block:
+    """Wait in the worker (``until`` blocks, bounded), then run the start phase again."""
+
+    until: Callable[[], None]
+
+
+@dataclass
+class Skip:
+    """End the run as a success with ``None``, without the body (``on_locked="skip"``)."""
+
+
+class Feature:
+    """One feature of one task, configured from its options when the task is defined."""
+
+    name: ClassVar[str]
+    options: ClassVar[tuple[Option, ...]] = ()
+    header_fields: ClassVar[tuple[str, ...]] = ()
+    call_options: ClassVar[tuple[str, ...]] = ()  # per-call apply_async options it takes
+    stores_result: ClassVar[bool] = False  # its final outcome needs the result as JSON
+    final_phase: ClassVar[bool] = True  # it holds something until the final outcome
+    on_unavailable: ClassVar[str] = "retry"  # default of kv_on_unavailable for this feature
+
+    #: seconds this feature's running lease lasts (renewed by the heartbeat); None: none
+    lease: float | None = None
+    #: True when the feature claims keys at ``apply_async``
+    claims_at_enqueue: bool = False
+    #: the longest single deferral this feature asks for, in seconds
+    max_defer: float = 0.0
+
+    @classmethod
+    def configure(cls, task: TaskDefinition) -> Feature | None:
+        """This feature for ``task``, or None when its options leave it off."""
+        raise NotImplementedError
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def call_option(self, header: dict[str, Any], name: str, value: Any) -> None:
+        """Take a per-call option (one of ``call_options``) into the header."""
+
+    def fill_header(self, ctx: Context) -> None:
+        """Set this feature's header fields that ``ctx.header`` lacks, from the call."""
+
+    def describe(self, ctx: Context) -> dict[str, Any]:
+        """What this feature would hold for a call, for tools (``kv_keys``, the CLI)."""
+        return {}
+
+    # -- enqueue ------------------------------------------------------------------------
+
+    def claim(self, ctx: Enqueue) -> Step | None:
+        return None
+
+    def confirm(self, ctx: Enqueue) -> Step | None:
+        return None
+
+    def duplicate(self, ctx: Enqueue, reply: list[Any]) -> Duplicate:
+        raise NotImplementedError
+
+    # -- execution ----------------------------------------------------------------------
+
+    def start(self, run: Run) -> Step | None:
+        return None
+
+    def started(self, run: Run, reply: list[Any]) -> None:
+        """The start step answered 'ok': this run holds what the feature guards."""
+
+    def stopped(self, run: Run, reply: list[Any]) -> Any:
+        """The start step answered 'stop': the value that ends the run without the body."""
+        raise NotImplementedError
+
+    def denied(self, run: Run, reply: list[Any]) -> Wait | Block | Skip:
+        """The start step answered 'deny' (nothing is held): how the run waits, or raise."""
+        raise NotImplementedError
+
+    def renew(self, run: Run) -> Step | None:
+        return None
+
+    def hand_back(self, run: Run, hold: float) -> Step | None:
+        return None
+
+    def finish(self, run: Run, outcome: Outcome, revoke: bool = False) -> Step | None:
+        return None
+
+    def finished(self, run: Run, reply: list[Any], outcome: Outcome) -> None:
+        """After the final outcome's phase: signals and warnings (a lost claim)."""
