@@ -3,7 +3,7 @@
 The engine's own settings are declared here; every feature's settings are declared with
 its options (``features/``). Every setting is optional, and the task option of the same
 meaning overrides it per task. The README's settings table is made from these
-declarations (``python -m celery_kv.celery.options``).
+declarations (``python -m celery_kv.celery.features`` prints it).
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
     Option("on_unavailable", "when Redis cannot be reached: `\"retry\"`, `\"run\"` or "
            "`\"raise\"`, or a dict per feature (default `retry`, cache `run`; when features "
            "disagree the strictest wins: raise, then retry, then run)",
-           on_unavailable_policy, DEFAULT_ON_UNAVAILABLE, "kv_on_unavailable"),
+           on_unavailable_policy, DEFAULT_ON_UNAVAILABLE, "kv_on_unavailable",
+           shown="`\"retry\"` (cache: `\"run\"`)"),
     Option("queued_ttl", "lifetime of a claim held by a queued message (freed sooner at its "
            "final outcome; a countdown or retry delay is added to it)", seconds, 3600.0,
            "kv_queued_ttl"),
@@ -129,3 +130,18 @@ class Settings:
             f"kv_redis_url is not set and the broker ({first!r}) is not Redis: "
             "set app.conf.kv_redis_url = 'redis://host:6379/0'"
         )
+
+
+def readme_tables() -> dict[str, str]:
+    """The README's tables, made from the declarations: task options, and settings."""
+    from .options import options_table, settings_table
+
+    engine = [o for o in ENGINE_OPTIONS if o.task_option]
+    grouped = [(f.name, f.options) for f in FEATURES] + [("every feature", engine)]
+    shown_once: list[tuple[str, list[Option]]] = []
+    seen: set[str] = set()
+    for name, options in grouped:
+        fresh = [o for o in options if o.name not in seen]
+        seen.update(o.name for o in fresh)
+        shown_once.append((name, fresh))
+    return {"options": options_table(shown_once), "settings": settings_table(all_options())}

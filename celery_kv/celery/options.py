@@ -3,7 +3,7 @@
 An ``Option`` gives a name, a one-line doc, a default, the ``kv_*`` setting that supplies
 the default, and a check. From the declarations come the task-class attributes, the
 known-option list, the typo check, the ``kv_*`` settings and the README's tables
-(``python -m celery_kv.celery.options`` prints them). Every error names the task, the
+(``python -m celery_kv.celery.features`` prints them). Every error names the task, the
 option and the bad value, and is raised where the task is defined.
 """
 
@@ -86,8 +86,11 @@ class Option:
     default: Any = None
     setting: str | None = None  # the kv_* setting giving the default; None: task option only
     task_option: bool = True  # False: an app-wide setting only
+    shown: str | None = None  # the default as the README shows it, when repr will not do
 
     def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
         if self.default is None:
             return "—"
         if isinstance(self.default, float) and self.default == math.floor(self.default):
@@ -172,9 +175,11 @@ def options_table(features: Iterable[tuple[str, Iterable[Option]]]) -> str:
     for feature, options in features:
         for option in options:
             if option.task_option:
-                setting = f"`{option.setting}`" if option.setting else "—"
-                rows.append((feature, f"`{option.name}`", setting, option.doc))
-    return markdown_table(rows, ("feature", "option", "default from", "meaning"))
+                default = option.shown_default()
+                if option.setting:
+                    default = f"`{option.setting}` ({default})"
+                rows.append((feature, f"`{option.name}`", default, option.doc))
+    return markdown_table(rows, ("feature", "option", "default", "meaning"))
 
 
 def settings_table(options: Iterable[Option]) -> str:

@@ -61,7 +61,7 @@ class KVTask(Task):  # type: ignore[misc]
     """A Celery task with celery-kv coordination; every feature is off until its option is set.
 
     The options, their defaults and their settings are listed in the README ("The Celery
-    face") and by ``python -m celery_kv.celery.options``.
+    face") and by ``python -m celery_kv.celery.features``.
     """
 
     _kv_requires_rate: ClassVar[bool] = False
