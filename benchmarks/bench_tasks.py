@@ -9,8 +9,9 @@ Throughput is reported as a ratio to each baseline in ``BASELINES`` (plain Celer
 celery-once, celery-singleton) in the same rounds (targets: >= 0.85x plain per feature,
 >= 0.75x with every feature on, a singleton >= 1.0x celery-once).
 Round trips per task lifecycle to the coordination server are read from that server's
-INFO commandstats (enqueue + execution, renewals aside; target: <= 3 for a singleton
-task). See ``_trips`` for what counts as a round trip.
+INFO commandstats (enqueue + execution, renewals aside; target: <= 4 per task, every
+feature on: enqueue claim, enqueue confirm, execution start, final outcome).
+See ``_trips`` for what counts as a round trip.
 """
 
 from __future__ import annotations

@@ -66,19 +66,18 @@ class Store:
         return is_cluster(self.client)
 
     def _script(self, name: str) -> tuple[Script, bool]:
-        found = self._scripts.get(name)
-        if found is None:
-            source = scripts.load(name)
-            found = (self.client.register_script(source.text), source.retry_safe)
-            self._scripts[name] = found
-        return found
+        return self._register(name, scripts.load)
 
     def _composite(self, names: tuple[str, ...]) -> tuple[Script, bool]:
-        found = self._scripts.get(names)
+        return self._register(names, scripts.compose)
+
+    def _register(self, key: Any, source: Callable[[Any], scripts.ScriptSource]
+                  ) -> tuple[Script, bool]:
+        found = self._scripts.get(key)
         if found is None:
-            source = scripts.compose(names)
-            found = (self.client.register_script(source.text), source.retry_safe)
-            self._scripts[names] = found
+            loaded = source(key)
+            found = (self.client.register_script(loaded.text), loaded.retry_safe)
+            self._scripts[key] = found
         return found
 
     def run_phase(self, operation: str, steps: Sequence[Step]) -> PhaseReply:

@@ -18,22 +18,12 @@ from celery import Celery, chain
 from celery_kv import KVTask
 from celery_kv.celery.context import HEADER
 from celery_kv.celery.install import installed
-from celery_kv.primitives.lock import break_lock, describe
+from celery_kv.primitives.lock import break_lock
 from tests.celery.conftest import Worker, assert_no_overlap, count, events
+from tests.celery.test_enqueue import claim_of, idem_state
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
-
-
-def lock_of(app: Celery, name: str, *args: Any) -> Any:
-    task = app.tasks[name]
-    return describe(installed(app).kv.store, (task.name, task.kv_keys(args).singleton))
-
-
-def record_of(app: Celery, name: str, *args: Any, key: str | None = None) -> Any:
-    task = app.tasks[name]
-    idem = installed(app).kv.idempotency(task.kv_namespace)
-    return idem.state(str(task.kv_keys(args, idempotency_key=key).idempotency))
 
 
 def test_a_chain_or_link_whose_tail_is_a_completed_duplicate_resolves(
@@ -67,7 +57,7 @@ def test_a_retry_longer_than_the_queued_ttl_keeps_its_claim(
     task = client_app.tasks["t.single_long_retry"]  # queued_ttl=2, retry countdown 6 s
     first = task.apply_async((tag,))
     wait_for(lambda: count(fx, tag) == 1, 20, "the first run (it retries in 6 s)")
-    info = wait_for(lambda: (i := lock_of(client_app, task.name, tag)) is not None
+    info = wait_for(lambda: (i := claim_of(client_app, task.name, tag)) is not None
                     and i.owner == first.id and i, 20, "the claim handed back to the task id")
     assert info.ttl is not None and info.ttl > 4.0, "countdown + queued_ttl, not queued_ttl"
     assert task.apply_async((tag,)).id == first.id, "a duplicate during the countdown"
@@ -80,7 +70,7 @@ def test_a_duplicate_of_a_completed_call_resolves_without_its_celery_result(
 ) -> None:
     task = client_app.tasks["t.idem_quiet"]  # ignore_result=True: no Celery result is kept
     task.delay(tag, 21)
-    wait_for(lambda: record_of(client_app, task.name, tag, 21).status == "completed", 20,
+    wait_for(lambda: idem_state(client_app, task.name, tag, 21).status == "completed", 20,
              "the first call to complete")
     duplicate = task.delay(tag, 21)
     assert duplicate.get(timeout=5) == 42
@@ -93,7 +83,7 @@ def test_replace_hands_the_claim_to_the_replacement_and_keeps_its_result(
     task = client_app.tasks["t.idem_replace"]
     first = task.delay(tag, 5)
     assert first.get(timeout=30) == 105
-    record = wait_for(lambda: (r := record_of(client_app, task.name, tag, 5)).status
+    record = wait_for(lambda: (r := idem_state(client_app, task.name, tag, 5)).status
                       == "completed" and r, 20, "the replacement's result to be stored")
     assert record.result == 105
     assert task.delay(tag, 5).get(timeout=30) == 105
@@ -107,7 +97,7 @@ def test_apply_honours_a_per_call_idempotency_key(client_app: Celery, fx: Any,
     assert task.apply((tag, 1, 1), idempotency_key=key).get() == 2
     assert task.apply((tag, 1, 1), idempotency_key=key).get() == 2
     assert count(fx, tag) == 1
-    assert record_of(client_app, task.name, tag, 1, 1, key=key).status == "completed"
+    assert idem_state(client_app, task.name, tag, 1, 1, key=key).status == "completed"
     failed = task.apply((tag, 9, 9), idempotency_key=key)
     assert failed.failed() and type(failed.result).__name__ == "IdempotencyKeyReused"
 
@@ -126,7 +116,7 @@ def test_a_running_singleton_can_enqueue_its_successor(
     assert_no_overlap(runs)
     fences = [e["fence"] for e in runs]
     assert fences == sorted(fences) and len(set(fences)) == 3, "each run a higher fence"
-    wait_for(lambda: lock_of(client_app, "t.poller", tag, 3) is None, 10, "the key freed")
+    wait_for(lambda: claim_of(client_app, "t.poller", tag, 3) is None, 10, "the key freed")
 
 
 def test_header_fields_merge_one_by_one(
@@ -175,7 +165,7 @@ def test_a_claim_retried_after_a_lost_reply_is_published(
     result = client_app.tasks["t.single"].apply_async((tag, 1))
     assert lost, "the claim's reply was lost once"
     assert published == [result.id]
-    info = lock_of(client_app, "t.single", tag, 1)
+    info = claim_of(client_app, "t.single", tag, 1)
     assert info is not None and info.owner == result.id
 
 
