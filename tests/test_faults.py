@@ -104,3 +104,51 @@ def test_sentinel_url_follows_the_master() -> None:
         proc.kill()
         proc.wait()
         master.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task_name", ["stop.single", "stop.idem"])
+def test_an_enqueue_during_a_redis_stall_longer_than_the_socket_timeout_is_published(
+    task_name: str,
+) -> None:
+    """SIGSTOP the coordination Redis past the socket timeout while apply_async claims:
+    Redis runs the claim when it resumes, the retried claim finds it this call's own (the
+    nonce), and the message is published, never taken for a duplicate (rule 13)."""
+    import signal
+
+    from celery import Celery
+
+    from celery_kv import IdempotentTask, SingletonTask, install
+
+    server = start_server()
+    try:
+        app = Celery("stall", broker="memory://", set_as_current=False)
+        kv = KV.from_url(server.url, prefix="stall", retry_deadline=20.0, socket_timeout=0.5)
+        install(app, kv=kv)
+
+        @app.task(base=SingletonTask, shared=False, name="stop.single")
+        def single(x: int) -> int:
+            return x
+
+        @app.task(base=IdempotentTask, shared=False, name="stop.idem")
+        def idem(x: int) -> int:
+            return x
+
+        published: list[str] = []
+        app.amqp.send_task_message = lambda *a, **k: published.append(a[2].headers["id"])
+        task = app.tasks[task_name]
+        task.apply_async((0,))  # warm: the scripts are loaded before the stall
+        published.clear()
+        server.process.send_signal(signal.SIGSTOP)
+        resume = threading.Timer(2.0, server.process.send_signal, (signal.SIGCONT,))
+        resume.start()
+        try:
+            result = task.apply_async((1,))
+        finally:
+            resume.join()
+            server.process.send_signal(signal.SIGCONT)
+        assert published == [result.id], "published once, under the id the caller holds"
+        assert task.apply_async((1,)).id == result.id, "a real duplicate is still refused"
+        assert published == [result.id]
+    finally:
+        server.stop(signal.SIGKILL)
