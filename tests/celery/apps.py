@@ -210,6 +210,13 @@ def make_app(name: str, broker: str, backend: str, kv_url: str, prefix: str, fx_
             fx.rpush(f"fx:{tag}:successors", successor.id)
         return int(event["pid"] and n)
 
+    @app.task(base=SingletonTask, shared=False, name="t.single_late", bind=True,
+              acks_late=True, lock_ttl=2.0)
+    def single_late(self: Any, tag: str, duration: float) -> int:
+        run_body(tag, duration, id=self.request.id,
+                 redelivered=bool(self.request.delivery_info.get("redelivered")))
+        return int(fx.get(f"fx:{tag}:n") or 0)
+
     @app.task(base=SingletonTask, shared=False, name="t.lose", bind=True, lock_ttl=1.0,
               singleton_key="{tag}")
     def lose(self: Any, tag: str) -> dict[str, Any]:
