@@ -89,8 +89,11 @@ class Idempotency(Feature):
         return kv.idempotency(namespace, self.ttl, self.lease)
 
     def _record(self, ctx: Context) -> tuple[str]:
-        key = (ctx.policy.namespace, ctx.header["idempotency_key"])
-        return (ctx.kv.store.keys.key("idem", key),)
+        found: tuple[str] | None = ctx.state.get("idempotency_record")
+        if found is None:
+            key = (ctx.policy.namespace, ctx.header["idempotency_key"])
+            found = ctx.state["idempotency_record"] = (ctx.kv.store.keys.key("idem", key),)
+        return found
 
     def _refused(self, ctx: Context) -> IdempotencyKeyReused:
         return IdempotencyKeyReused(ctx.header["idempotency_key"], self.task_name)

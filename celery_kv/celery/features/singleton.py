@@ -76,9 +76,12 @@ class Singleton(Feature):
         return {"singleton": ctx.header["singleton_key"]}
 
     def _keys(self, ctx: Context) -> tuple[str, str]:
-        name = (self.task_name, ctx.header["singleton_key"])
-        keys = ctx.kv.store.keys
-        return keys.key("lock", name), keys.key("lock", name, "fence")
+        found: tuple[str, str] | None = ctx.state.get("singleton_keys")
+        if found is None:
+            name = (self.task_name, ctx.header["singleton_key"])
+            lock = ctx.kv.store.keys.key("lock", name)
+            found = ctx.state["singleton_keys"] = (lock, lock + ":fence")
+        return found
 
     # -- enqueue ------------------------------------------------------------------------
 
