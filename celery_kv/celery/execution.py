@@ -289,9 +289,10 @@ class Execution:
         sig.link(app.tasks[SETTLE].s(**context))
         sig.link_error(app.tasks[SETTLE_FAILED].s(**context))
 
-    def finish(self, outcome: Outcome, revoke: bool = False) -> None:
+    def finish(self, outcome: Outcome, revoke: str = "") -> None:
         """The final outcome: one phase of every feature's finish step, and the completion
-        mark (not on revoke: a revoked id is refused by the worker itself)."""
+        mark (not on revoke: a revoked id is refused by the worker itself). ``revoke``:
+        "queued" frees only what the bare task id holds, "terminated" any run's too."""
         if self.finished:
             return
         self.finished = True
@@ -342,14 +343,19 @@ def execute(task: Any, request: Any, args: tuple[Any, ...], kwargs: dict[str, An
         request._kv_run = None
 
 
-def release_revoked(task: Any, request: Any) -> None:
-    """``task_revoked`` (worker main process): free the keys the revoked task id holds."""
+def release_revoked(task: Any, request: Any, terminated: bool = False) -> None:
+    """``task_revoked`` (worker main process): free the keys the revoked task id holds.
+
+    Its queued claims always; a run's only when the revoke ``terminated`` it. A revoke
+    without terminate leaves a running body running (Celery discards only the deliveries
+    it has not started), and that run releases its own keys at its end.
+    """
     run = Run(task, request, request.args, request.kwargs)
     try:
         run.fill_header()
     except TypeError:
         return  # no header and no arguments to compute the keys from: leases run out
-    Execution(run).finish(FAILED, revoke=True)
+    Execution(run).finish(FAILED, revoke="terminated" if terminated else "queued")
 
 
 def _quietly(fn: Any, what: str) -> Any:

@@ -13,7 +13,9 @@ call). Calling it twice returns the same ``KV``.
 
 Worker hooks: ``worker_process_init`` drops the connections a prefork child
 inherited (no socket is shared across a fork); ``task_revoked`` (worker main
-process) releases the keys of a revoked task id, queued or running.
+process) releases the keys of a revoked task id: its queued claims, and a run's only
+when the revoke terminated it (a revoke without terminate lets the body run on, and it
+releases its keys itself at its end).
 """
 
 from __future__ import annotations
@@ -142,13 +144,14 @@ def _on_worker_process_init(**_: Any) -> None:
         app.__dict__[_ATTR].after_fork()
 
 
-def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+def _on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
+                     **_: Any) -> None:
     from .execution import release_revoked
 
     if sender is None or request is None or getattr(sender, "_kv_policy", None) is None:
         return
     try:
-        release_revoked(sender, request)
+        release_revoked(sender, request, terminated=bool(terminated))
     except Exception:  # a hook must never break the worker
         log.exception("celery-kv: could not release the keys of revoked task %s",
                       getattr(request, "id", None))

@@ -153,7 +153,10 @@ class Feature:
     def hand_back(self, run: Run, hold: float) -> Step | None:
         return None
 
-    def finish(self, run: Run, outcome: Outcome, revoke: bool = False) -> Step | None:
+    def finish(self, run: Run, outcome: Outcome, revoke: str = "") -> Step | None:
+        """The final outcome. On a revoke (``revoke`` "queued" or "terminated") the run
+        token is not known: free what the bare task id holds, and a run's only when the
+        revoke terminated it."""
         return None
 
     def finished(self, run: Run, reply: list[Any], outcome: Outcome) -> None:

@@ -115,7 +115,7 @@ class CacheFeature(Feature):
         return Step("task_cache_release", _all(keys),
                     (run.token, to_ms(cache.lock_timeout)))
 
-    def finish(self, run: Run, outcome: Outcome, revoke: bool = False) -> Step | None:
+    def finish(self, run: Run, outcome: Outcome, revoke: str = "") -> Step | None:
         if revoke or self.name not in run.held:
             return None
         if not outcome.done or outcome.error:

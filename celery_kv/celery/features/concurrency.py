@@ -68,7 +68,7 @@ class Concurrency(Feature):
     def hand_back(self, run: Run, hold: float) -> Step:
         return Step("task_concurrency_release", self._keys(run), (run.token,))
 
-    def finish(self, run: Run, outcome: Outcome, revoke: bool = False) -> Step | None:
+    def finish(self, run: Run, outcome: Outcome, revoke: str = "") -> Step | None:
         if revoke or self.name not in run.held:
             return None  # on revoke the run token is not known: its lease runs out by itself
         return Step("task_concurrency_release", self._keys(run), (run.token,))

@@ -163,10 +163,11 @@ class Idempotency(Feature):
     def hand_back(self, run: Run, hold: float) -> Step:
         return Step("task_idempotency_hand_back", self._record(run), self._run_args(run, hold))
 
-    def finish(self, run: Run, outcome: Outcome, revoke: bool = False) -> Step:
+    def finish(self, run: Run, outcome: Outcome, revoke: str = "") -> Step:
         return Step("task_idempotency_finish", self._record(run), (
             "" if revoke else run.token, run.task_id, "done" if outcome.done else "failed",
-            outcome.raw, outcome.error, to_ms(self.ttl), "1" if revoke else ""))
+            outcome.raw, outcome.error, to_ms(self.ttl),
+            "1" if revoke == "terminated" else ""))
 
     def finished(self, run: Run, reply: list[Any], outcome: Outcome) -> None:
         if outcome.done and run.state.get(self.name) and not int(reply[1]):

@@ -147,7 +147,7 @@ class Singleton(Feature):
     def hand_back(self, run: Run, hold: float) -> Step:
         return Step("task_singleton_hand_back", self._keys(run), self._run_args(run, hold))
 
-    def finish(self, run: Run, outcome: Outcome, revoke: bool = False) -> Step:
+    def finish(self, run: Run, outcome: Outcome, revoke: str = "") -> Step:
         return Step("task_singleton_finish", self._keys(run), (
             "" if revoke else run.token, run.task_id, to_ms(run.policy.queued_ttl), FENCE_MS,
-            "1" if revoke else ""))
+            "1" if revoke == "terminated" else ""))

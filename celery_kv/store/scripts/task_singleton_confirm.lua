@@ -1,11 +1,14 @@
 -- Singleton, enqueue phase two (the publish succeeded): the claim lives for the queued TTL.
 -- A claim already taken over by a fast worker (owner '<id>#run:...') is left alone, and so
--- is a successor's place (it rides on the running holder's lease).
+-- is a successor's place (it rides on the running holder's lease). The lifetime is only
+-- ever lengthened: a fast worker's retry may already have handed the claim back for its
+-- countdown plus the queued TTL.
 -- KEYS[1] lock hash
 -- ARGV[1] task id, ARGV[2] queued lifetime (ms)
 -- Returns {'ok'}.
 -- retry: safe (sets the same lifetime again)
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
+    and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return {'ok'}
