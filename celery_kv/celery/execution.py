@@ -31,7 +31,7 @@ from ..errors import CoordinationUnavailable, LockLost
 from ..primitives._arguments import text, to_ms
 from ..primitives.heartbeat import Heartbeat
 from ..store import Step, codec
-from .context import HEADER, Run, as_mapping
+from .context import HEADER, Run, as_mapping, header_of
 from .features.base import FAILED, Block, Feature, Outcome, Skip, Wait
 from .policy import TaskPolicy
 
@@ -281,13 +281,23 @@ class Execution:
 
     def replace(self, sig: Any) -> None:
         """``self.replace(sig)``: the replacement inherits the task id and the claims; its
-        outcome (success or failure) finishes them through the ``settle`` callbacks."""
+        outcome (success or failure) finishes them through the ``settle`` callbacks.
+
+        A replacement by this same task carries the run's header, so it re-enters the very
+        keys (a per-call key included). A replacement by another single task carries a
+        ``replaces`` field, so that a revoke of it frees the claims (``revoked_replacement``);
+        for a canvas replacement a revoke leaves them to the queued TTL.
+        """
         self.replaced = True
         self.hand_back(0.0)
         app, run = self.run.task.app, self.run
         context = {"task": self.policy.name, "task_id": run.task_id, "header": run.header}
         sig.link(app.tasks[SETTLE].s(**context))
         sig.link_error(app.tasks[SETTLE_FAILED].s(**context))
+        if isinstance(getattr(sig, "task", None), str):  # a single task, not a canvas
+            fields = run.header if sig.task == self.policy.name else {"replaces": context}
+            headers = dict(as_mapping(sig.options.get("headers")))
+            sig.set(headers={**headers, HEADER: fields})
 
     def finish(self, outcome: Outcome, revoke: str = "") -> None:
         """The final outcome: one phase of every feature's finish step, and the completion
@@ -331,6 +341,17 @@ def settle(app: Any, outcome: Outcome, task: str, task_id: str, header: dict[str
     if outcome.done:
         outcome = execution.outcome(outcome.result)
     execution.finish(outcome)
+
+
+def revoked_replacement(app: Any, request: Any) -> bool:
+    """``task_revoked`` for a task that replaced a coordinated one: free the replaced task
+    id's claims (its settle callbacks will never run). False when it replaced nothing."""
+    marker = header_of(request).get("replaces")
+    if not isinstance(marker, dict) or marker.get("task") not in app.tasks:
+        return False
+    settle(app, FAILED, str(marker["task"]), str(marker["task_id"]),
+           dict(as_mapping(marker.get("header"))))
+    return True
 
 
 def execute(task: Any, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

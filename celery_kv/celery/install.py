@@ -146,11 +146,14 @@ def _on_worker_process_init(**_: Any) -> None:
 
 def _on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
                      **_: Any) -> None:
-    from .execution import release_revoked
+    from .execution import release_revoked, revoked_replacement
 
-    if sender is None or request is None or getattr(sender, "_kv_policy", None) is None:
+    if sender is None or request is None:
         return
     try:
+        if getattr(sender, "_kv_policy", None) is None:
+            revoked_replacement(sender.app, request)
+            return
         release_revoked(sender, request, terminated=bool(terminated))
     except Exception:  # a hook must never break the worker
         log.exception("celery-kv: could not release the keys of revoked task %s",
