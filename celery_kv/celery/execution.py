@@ -38,7 +38,7 @@ from .policy import TaskPolicy
 log = logging.getLogger("celery_kv.celery")
 
 
-class _Finished(Exception):
+class _Finished(Ignore):  # type: ignore[misc]
     """The completion mark says this task id already reached its final outcome."""
 
 
@@ -147,6 +147,9 @@ class Execution:
                     held.started(run, reply)
             if verdict(last) == "stop":
                 if owner is None:
+                    # A finished id holds nothing: free what its bare id may still claim
+                    # (a replacement's enqueue claim, say), and leave no second mark.
+                    self.finish(FAILED, revoke="queued")
                     raise _Finished
                 return False, owner.stopped(run, last)
             self._start_heartbeat()

@@ -151,10 +151,9 @@ def _on_task_revoked(sender: Any = None, request: Any = None, terminated: bool =
     if sender is None or request is None:
         return
     try:
-        if getattr(sender, "_kv_policy", None) is None:
-            revoked_replacement(sender.app, request)
-            return
-        release_revoked(sender, request, terminated=bool(terminated))
+        revoked_replacement(sender.app, request)  # a replacement frees what it replaced
+        if getattr(sender, "_kv_policy", None) is not None:
+            release_revoked(sender, request, terminated=bool(terminated))
     except Exception:  # a hook must never break the worker
         log.exception("celery-kv: could not release the keys of revoked task %s",
                       getattr(request, "id", None))

@@ -202,7 +202,7 @@ def test_a_redelivered_message_of_a_running_singleton_never_runs_it_again(
     celery_env: Any, fx: Any, tag: str
 ) -> None:
     """acks_late and a Redis broker whose visibility timeout (2 s) is shorter than the task
-    (6 s): the broker delivers the message again while it runs, and again later. The body
+    (8 s): the broker delivers the message again while it runs, and again later. The body
     runs once; the copies wait for it, then are acknowledged without running (rule 12)."""
     import dataclasses
 
@@ -212,9 +212,9 @@ def test_a_redelivered_message_of_a_running_singleton_never_runs_it_again(
     worker = Worker(env)
     try:
         app = env.app("ckv-redelivery")
-        result = app.tasks["t.single_late"].apply_async((tag, 6.0))
+        result = app.tasks["t.single_late"].apply_async((tag, 8.0))
         assert result.get(timeout=60) == 1
-        wait_for(lambda: "already finished" in worker.log_text(), 40,
+        wait_for(lambda: "already finished" in worker.log_text(), 60,
                  "a redelivered copy to be acknowledged without running")
         assert count(fx, tag) == 1, "the body ran once"
     finally:

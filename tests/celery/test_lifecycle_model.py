@@ -1,0 +1,1171 @@
+"""A model-based test of the Celery lifecycle engine, played against the real Redis scripts.
+
+No worker runs: a hypothesis state machine drives ``apply_async`` (its publishes are
+captured, never sent), delivers the captured messages the way a worker would (a real
+``celery.worker.request.Request`` built from the message, then the traced request
+context), and calls the phases of ``Execution`` one at a time so that bodies of
+different task ids interleave: start, then later a success, a failure, a retry, a
+SIGKILL (the run never finishes; its message is redelivered, as with ``acks_late``) and
+its leases running out, revokes (with and without terminate), broker redeliveries,
+``send_task`` messages that skip ``apply_async``, duplicates (same arguments, same
+explicit ``idempotency_key``, a caller-given task id), calls made from inside a running
+body (a singleton's successor), ``self.replace(...)`` (by the task itself, or by a task
+that is not coordinated, which then succeeds or fails: celery-kv's settle callbacks run),
+a publish that raises, a worker that takes a message before the producer's publish
+returns (before the enqueue confirm), and eager ``apply()``. The tasks: a singleton
+(queued mode), a singleton in running mode, an idempotent task, and an idempotent
+singleton, over two keys.
+
+After every step it checks, on the model and on Redis:
+
+1. never two live bodies for one singleton key, and every live body holds its keys
+   (and its fencing token is above every earlier holder's);
+2. an idempotency key's body completes at most once across all its deliveries, and every
+   replay hands back the value of that one completion;
+3. every task id handed to a caller was published and is queued, running or finished
+   (or is a ``ReplayedResult`` that already holds the value); a duplicate is handed the
+   id that holds the key;
+4. every key under the prefix has a TTL (and claims handed back by a retry last its
+   countdown plus the queued TTL);
+6. every held claim belongs to a task id that is queued, or to a run that is live (or
+   dead, until its lease runs out): no id holds a key that nothing will ever release.
+
+At the end of each example every message is run to its end and the dead runs' leases
+run out; then every handed-out id has resolved and nothing is held (5): no lock, no
+in-progress idempotency record (completed records and completion marks stay, with TTLs).
+
+The tests after the state machine replay, step by step, the engine bugs it found.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pytest
+import redis
+from celery import Celery, signature
+from celery.app.task import Context
+from celery.exceptions import Ignore, Retry
+from celery.signals import task_revoked
+from celery.worker.request import Request
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from kombu.message import Message
+
+from celery_kv import (
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    KVTask,
+    LockNotAcquired,
+    install,
+)
+from celery_kv.celery.context import Run
+from celery_kv.celery.enqueue import ReplayedResult
+from celery_kv.celery.execution import SETTLE, SETTLE_FAILED, Execution, _Finished
+from celery_kv.celery.features.base import FAILED
+from celery_kv.celery.install import installed
+from celery_kv.celery.keys import RUN_MARK, task_id_of
+from celery_kv.testing import RedisServer
+
+pytestmark = pytest.mark.slow
+
+DB = 12  # a database of the session's redis-server that no other test uses
+TASKS = ("single", "idem", "idem_single", "single_running")
+KV_TASKS = {f"m.{task}" for task in TASKS}
+SETTLES = (SETTLE, SETTLE_FAILED)
+KEYS = ("a", "b")
+EXPLICIT = (None, "K1", "K2")
+HOST = "model@local"
+COUNTDOWNS = (0, 1.5, 60)
+DRAIN_STEPS = 400
+
+
+@dataclass(frozen=True)
+class Call:
+    """One logical call: what a caller asked for (the model's own idea of its keys)."""
+
+    task: str  # one of TASKS
+    k: str
+    x: int
+    key: str | None = None  # an explicit idempotency_key
+
+    @classmethod
+    def of(cls, task: str, k: str, x: int, key: str | None) -> Call:
+        """A call with an explicit idempotency key, when the task takes one."""
+        return cls(task, k, x, key if task in ("idem", "idem_single") else None)
+
+    @property
+    def name(self) -> str:
+        return f"m.{self.task}"
+
+    @property
+    def lock(self) -> tuple[str, str] | None:
+        """The singleton key (per task), or None."""
+        return None if self.task == "idem" else (self.task, self.k)
+
+    @property
+    def idem(self) -> tuple[Any, ...] | None:
+        """The idempotency key (per task), or None."""
+        if self.task in ("single", "single_running"):
+            return None
+        return (self.task, "key", self.key) if self.key else (self.task, "args", self.k, self.x)
+
+    def options(self) -> dict[str, Any]:
+        return {"idempotency_key": self.key} if self.key else {}
+
+
+@dataclass
+class Msg:
+    """One published message, as the broker holds it (JSON round-tripped)."""
+
+    no: int
+    name: str
+    task_id: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    embed: dict[str, Any]
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    call: Call | None = None  # of a coordinated task: the logical call it runs
+
+    def __repr__(self) -> str:
+        kv = self.headers.get("celery_kv")
+        return (f"Msg#{self.no}({self.name}[{self.task_id[:8]}] {self.args} "
+                f"retries={self.headers.get('retries')} kv={'yes' if kv else 'no'})")
+
+
+@dataclass
+class Live:
+    """One execution whose start phase admitted the body."""
+
+    no: int
+    msg: Msg
+    call: Call
+    execution: Execution
+    request: Context
+    leases: set[str] = field(default_factory=set)  # of a dead run: not yet run out
+
+    @property
+    def task_id(self) -> str:
+        return self.msg.task_id
+
+    @property
+    def token(self) -> str:
+        return self.execution.run.token
+
+    def __repr__(self) -> str:
+        return f"Run#{self.no}({self.call.task} {self.call.k}/{self.call.x} [{self.task_id[:8]}])"
+
+
+@dataclass
+class Handed:
+    """A result handed to a caller."""
+
+    result: Any
+    call: Call
+    how: str
+
+
+@dataclass
+class Recorded:
+    """Completed bodies per idempotency key, and the value the first one stored."""
+
+    successes: Counter[Any] = field(default_factory=Counter)
+    values: dict[Any, tuple[str, Any]] = field(default_factory=dict)  # idem key -> (id, value)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Note that a step failed, so the teardown only cleans up (it must not mask it)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: LifecycleModel, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except BaseException:
+            self.broken = True
+            raise
+
+    return wrapper
+
+
+def make_app(url: str, prefix: str, model: LifecycleModel) -> Celery:
+    app = Celery("lifecycle-model", broker="memory://", backend="cache+memory://",
+                 set_as_current=False)
+    app.conf.update(
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        kv_redis_url=url, kv_prefix=prefix, kv_enqueue_claim_ttl=2.0, kv_wait_interval=0.05,
+        kv_retry_deadline=2.0,
+    )
+    install(app)
+
+    # Leases are long: no lease runs out by itself during an example (a dead run's lease
+    # runs out when the model says so), and no heartbeat fires.
+    @app.task(base=KVTask, shared=False, name="m.single", bind=True, singleton=True,
+              singleton_key="{k}", lock_ttl=60.0, max_retries=None)
+    def single(self: Any, k: str, x: int) -> Any:
+        return model.eager_body(self, Call("single", k, x))
+
+    @app.task(base=KVTask, shared=False, name="m.single_running", bind=True, singleton=True,
+              singleton_key="{k}", singleton_mode="running", lock_ttl=60.0, max_retries=None)
+    def single_running(self: Any, k: str, x: int) -> Any:
+        return model.eager_body(self, Call("single_running", k, x))
+
+    @app.task(base=KVTask, shared=False, name="m.idem", bind=True, idempotent=True,
+              idempotency_lease=60.0, max_retries=None)
+    def idem(self: Any, k: str, x: int) -> Any:
+        return model.eager_body(self, Call("idem", k, x))
+
+    @app.task(base=KVTask, shared=False, name="m.idem_single", bind=True, idempotent=True,
+              singleton=True, singleton_key="{k}", lock_ttl=60.0, idempotency_lease=60.0,
+              max_retries=None)
+    def idem_single(self: Any, k: str, x: int) -> Any:
+        return model.eager_body(self, Call("idem_single", k, x))
+
+    @app.task(shared=False, name="m.plain")
+    def plain(k: str, x: int, fail: bool = False) -> None:
+        raise AssertionError("the model runs m.plain itself")
+
+    return app
+
+
+def roundtrip(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# What a dead run's lease running out does: its keys go, unless someone else holds them.
+EXPIRE_IF_OWNED = """
+local gone = 0
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  gone = 1
+end
+return gone
+"""
+
+
+class BrokerDown(RuntimeError):
+    pass
+
+
+class LifecycleModel(RuleBasedStateMachine):
+    url: ClassVar[str] = ""
+
+    calls = Bundle("calls")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+        self.prefix = "lm" + uuid.uuid4().hex[:10]
+        self.app = make_app(self.url, self.prefix, self)
+        self.kv = installed(self.app).kv
+        self.r = redis.Redis.from_url(self.url, decode_responses=True)
+        self.numbers = itertools.count(1)
+        self.calling: Call | None = None  # the logical call being published or run eagerly
+        # (task id, task name) -> the logical call (a replacement by another task shares
+        # the replaced id), and every id a caller knows, oldest first
+        self.ident: dict[tuple[str, str], Call] = {}
+        self.ids: dict[str, None] = {}
+        self.published: list[Msg] = []
+        self.queue: list[Msg] = []  # published, not yet delivered (or to be redelivered)
+        self.delivered: list[Msg] = []  # delivered at least once: may be redelivered
+        self.live: list[Live] = []
+        self.dead: list[Live] = []  # SIGKILLed, lease not yet run out
+        self.terminated: list[Live] = []  # revoked with terminate=True
+        self.revoked: set[str] = set()
+        self.resolved: set[str] = set()  # ids with a final state (success, failure, revoked)
+        self.handed: list[Handed] = []
+        self.recorded = Recorded()
+        self.eager_ran: Any = None
+        self.fences: dict[tuple[str, str], tuple[str, int]] = {}  # lock -> last admission
+        self.broker_down = False
+        self.fast: tuple[float | None] | None = None  # (retry countdown or None,)
+        self.fast_retried: tuple[Call, str, float] | None = None
+        self.app.amqp.send_task_message = self._capture
+
+    # -- the broker ------------------------------------------------------------------------
+
+    def _capture(self, producer: Any, name: str, message: Any, **options: Any) -> None:
+        """``amqp.send_task_message``: keep the message instead of sending it."""
+        if self.broker_down:
+            raise BrokerDown("the broker refused the message")
+        headers = dict(message.headers)
+        headers.update(options.get("headers") or {})
+        args, kwargs, embed = roundtrip(list(message.body))
+        msg = Msg(next(self.numbers), name, headers["id"], args, kwargs, embed,
+                  roundtrip(headers), roundtrip(dict(message.properties)))
+        if msg.name in KV_TASKS:
+            known = self.ident.get((msg.task_id, msg.name))
+            if known is None:  # a new call (or a replacement by another task, same id)
+                assert self.calling is not None, f"{msg} published for a call the model never saw"
+                known = self.ident[(msg.task_id, msg.name)] = self.calling
+                self.ids[msg.task_id] = None
+            msg.call = known
+        self.published.append(msg)
+        self.queue.append(msg)
+        if self.fast is not None:  # a fast worker takes it before publish() returns
+            (retry,), self.fast = self.fast, None
+            self.queue.remove(msg)
+            self.delivered.append(msg)
+            self._deliver(msg, redelivered=False)
+            run = next((run for run in self.live if run.msg is msg), None)
+            if retry is not None and run is not None:
+                self._retry(run, retry)
+                self.fast_retried = (run.call, run.task_id, retry)
+
+    def _message(self, msg: Msg, redelivered: bool) -> Message:
+        body = json.dumps([msg.args, msg.kwargs, msg.embed]).encode()
+        return Message(body=body, content_type="application/json", content_encoding="utf-8",
+                       headers=roundtrip(msg.headers), properties=roundtrip(msg.properties),
+                       delivery_info={"exchange": "", "routing_key": "celery",
+                                      "redelivered": redelivered})
+
+    def _request(self, msg: Msg, redelivered: bool) -> Request:
+        return Request(self._message(msg, redelivered), app=self.app,
+                       task=self.app.tasks[msg.name], hostname=HOST)
+
+    def _traced_context(self, msg: Msg, redelivered: bool) -> Context:
+        """The request context a worker's tracer pushes for this message."""
+        request_dict = self._request(msg, redelivered).request_dict
+        args, kwargs = request_dict["args"], request_dict["kwargs"]
+        request_dict.update({"args": args, "kwargs": kwargs, "hostname": HOST,
+                             "is_eager": False}, **(msg.embed or {}))
+        return Context(request_dict, args=args, called_directly=False, kwargs=kwargs)
+
+    def _new_messages(self, before: int) -> list[Msg]:
+        return self.published[before:]
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _task(self, name: str) -> Any:
+        return self.app.tasks[name]
+
+    def _value(self, task_id: str) -> dict[str, Any]:
+        return {"id": task_id, "n": next(self.numbers)}
+
+    def _completed(self, call: Call, task_id: str, value: Any) -> None:
+        """A body ran to a successful end (the final outcome stored it)."""
+        key = call.idem
+        if key is None:
+            return
+        self.recorded.successes[key] += 1
+        assert self.recorded.successes[key] <= 1, (
+            f"idempotency key {key} completed a second time, by {task_id} "
+            f"(first by {self.recorded.values[key][0]})")
+        self.recorded.values[key] = (task_id, value)
+
+    def _check_replay(self, call: Call, holder: str | None, value: Any, where: str) -> None:
+        key = call.idem
+        assert key is not None, f"{where}: a replay for {call}, which is not idempotent"
+        assert key in self.recorded.values, (
+            f"{where}: replayed {value!r} for {key}, which never completed")
+        producer, stored = self.recorded.values[key]
+        assert value == stored, f"{where}: replayed {value!r}, but {key} completed with {stored!r}"
+        if holder is not None:
+            assert holder == producer, f"{where}: replay names {holder}, not {producer}"
+
+    def _lock_key(self, lock: tuple[str, str]) -> str:
+        task = self._task(f"m.{lock[0]}")
+        return str(self.kv.store.keys.key("lock", (task.name, lock[1])))
+
+    def _record_key(self, call: Call) -> str:
+        task = self._task(call.name)
+        keys = task.kv_keys((call.k, call.x), idempotency_key=call.key)
+        return str(self.kv.store.keys.key("idem", (task.kv_namespace, keys.idempotency)))
+
+    def _holders(self, call: Call) -> set[str | None]:
+        """The task ids that hold a call's keys now (a lock's successor included)."""
+        holders: set[str | None] = set()
+        if call.lock is not None:
+            owner, successor = self.r.hmget(self._lock_key(call.lock), "owner", "next")
+            holders |= {task_id_of(owner), successor}
+        if call.idem is not None:
+            status, owner = self.r.hmget(self._record_key(call), "s", "o")
+            if status == "p":
+                holders.add(task_id_of(owner))
+        return holders - {None}
+
+    def _scan(self, pattern: str) -> list[str]:
+        return sorted(self.r.scan_iter(match=pattern, count=1000))
+
+    def _snapshot(self) -> dict[str, tuple[int, dict[str, str]]]:
+        """Every key under the prefix (SCAN), with its PTTL and, for a lock or an
+        idempotency record, its fields: two round trips."""
+        keys = self._scan(self.kv.store.keys.pattern())
+        pipe = self.r.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(key)
+            if self._is_claim(key):
+                pipe.hgetall(key)
+        replies = iter(pipe.execute())
+        return {key: (next(replies), next(replies) if self._is_claim(key) else {})
+                for key in keys}
+
+    def _is_claim(self, key: str) -> bool:
+        if key.startswith(f"{self.prefix}:lock:"):
+            return not key.endswith(":fence")
+        return key.startswith(f"{self.prefix}:idem:")
+
+    # -- running a message -----------------------------------------------------------------
+
+    def _deliver(self, msg: Msg, redelivered: bool) -> None:
+        task = self._task(msg.name)
+        if msg.task_id in self.revoked:  # the worker discards it, and fires task_revoked
+            self._announce_revoked(task, msg, terminated=False)
+            self.resolved.add(msg.task_id)
+            return
+        if msg.name not in KV_TASKS:
+            self._run_plain(task, msg)
+            return
+        call = msg.call
+        assert call is not None
+        request = self._traced_context(msg, redelivered)
+        execution = Execution(Run(task, request, request.args, request.kwargs))
+        before = len(self.published)
+        verdict, value = self._start(task, request, execution)
+        new = self._new_messages(before)
+        if verdict in ("deferred", "quiet"):
+            assert [m.task_id for m in new] == [msg.task_id], (
+                f"a deferred {msg} must re-publish its own id once, published {new}")
+            assert new[0].headers["retries"] == msg.headers["retries"], (
+                f"a deferral of {msg} used up a retry: {new[0]}")
+            return
+        assert not new, f"start of {msg} ({verdict}) published {new}"
+        if verdict == "running":
+            self._check_free_for(call, msg.task_id)
+            self._check_fence(call, msg.task_id, getattr(request, "kv_fence", None))
+            self.live.append(Live(next(self.numbers), msg, call, execution, request))
+        elif verdict == "replayed":
+            self._check_replay(call, None, value, f"start of {msg}")
+            self.resolved.add(msg.task_id)
+            self._call_back(msg, value)
+        elif verdict == "already finished":
+            assert msg.task_id in self.resolved, (
+                f"{msg}: the completion mark says finished, but it never reached an outcome")
+        else:
+            assert verdict == "failed", verdict
+            assert isinstance(value, IdempotencyKeyReused), f"start of {msg} raised {value!r}"
+            self.resolved.add(msg.task_id)
+            self._call_back(msg, failed=True)
+
+    def _call_back(self, msg: Msg, value: Any = None, failed: bool = False) -> None:
+        """After a final outcome the worker calls the message's ``link`` callbacks with the
+        result, or its ``link_error`` ones with the task id (old-style errbacks)."""
+        for callback in msg.embed.get("errbacks" if failed else "callbacks") or ():
+            sig = signature(callback, app=self.app)
+            sig.apply_async((msg.task_id,) if failed else (value,))
+
+    def _run_plain(self, task: Any, msg: Msg) -> None:
+        """A task that is not coordinated: a replacement (``m.plain``, which fails when told
+        to), or celery-kv's settle callbacks, which finish a replaced id's claims."""
+        if msg.name == "m.plain":
+            self.resolved.add(msg.task_id)  # the replaced id's result is the replacement's
+            if msg.args[2]:
+                self._call_back(msg, failed=True)
+            else:
+                self._call_back(msg, self._value(msg.task_id))
+            return
+        assert msg.name in SETTLES, msg
+        replaced = msg.kwargs["task_id"]
+        call = self.ident[(replaced, msg.kwargs["task"])]
+        before = self.r.hget(self._record_key(call), "s") if call.idem else None
+        task(*msg.args, **msg.kwargs)
+        if msg.name == SETTLE and call.idem is not None and before == "p":
+            record = self.r.hgetall(self._record_key(call))
+            if record.get("s") == "c":  # the replacement's result completed the key
+                self._completed(call, replaced, json.loads(record["r"]))
+
+    def _start(self, task: Any, request: Context, execution: Execution) -> tuple[str, Any]:
+        """``Execution.execute`` up to the body, with its handling of the start's outcomes."""
+        task.request_stack.push(request)
+        request._kv_run = execution
+        try:
+            try:
+                body, value = execution.start()
+            except _Finished:
+                return "already finished", None
+            except Retry as exc:
+                execution.hand_back(execution._retry_delay(exc.when))
+                return "deferred", exc
+            except Ignore:
+                if not execution.replaced:
+                    execution.finish(FAILED)
+                return "quiet", None
+            except Exception as exc:
+                execution.finish(FAILED)
+                return "failed", exc
+            if body:
+                return "running", None
+            outcome = execution.outcome(value)
+            execution.finish(outcome)
+            assert not outcome.error, outcome.error
+            return "replayed", value
+        finally:
+            request._kv_run = None
+            task.request_stack.pop()
+
+    def _check_free_for(self, call: Call, task_id: str) -> None:
+        """Invariant 1 at the moment a body is admitted."""
+        if call.lock is None:
+            return
+        others = [run for run in self.live if run.call.lock == call.lock]
+        assert not others, f"{call.lock}: body of {task_id} admitted while {others} run"
+
+    def _check_fence(self, call: Call, task_id: str, fence: int | None) -> None:
+        """The fencing token only goes up across holders of a key (the same task id,
+        re-entering after a retry, keeps its own)."""
+        if call.lock is None:
+            return
+        assert isinstance(fence, int), f"{call.lock}: {task_id} admitted without a fence"
+        last = self.fences.get(call.lock)
+        if last is not None:
+            last_id, last_fence = last
+            assert fence > last_fence or (fence == last_fence and task_id == last_id), (
+                f"{call.lock}: {task_id} admitted with fence {fence} after {last_id} had "
+                f"{last_fence}")
+        self.fences[call.lock] = (task_id, fence)
+
+    def _pick(self, items: list[Any], i: int) -> Any:
+        return items[i % len(items)]
+
+    # -- rules: callers --------------------------------------------------------------------
+
+    def _apply_async(self, call: Call, explicit_id: bool, inside: Live | None = None,
+                     broker_down: bool = False, fast: tuple[float | None] | None = None
+                     ) -> None:
+        task = self._task(call.name)
+        task_id = uuid.uuid4().hex if explicit_id else None
+        before = len(self.published)
+        self.calling, self.broker_down, self.fast = call, broker_down, fast
+        if inside is not None:
+            task.request_stack.push(inside.request)
+        try:
+            result = task.apply_async((call.k, call.x), task_id=task_id, **call.options())
+        except IdempotencyKeyReused:
+            assert call.key is not None, f"{call}: IdempotencyKeyReused without an explicit key"
+            assert not self._new_messages(before)
+            return
+        except BrokerDown:
+            assert broker_down and not self._new_messages(before)
+            return
+        finally:
+            if inside is not None:
+                task.request_stack.pop()
+            self.calling, self.broker_down, self.fast = None, False, None
+        new = self._new_messages(before)
+        if fast is not None:
+            new = new[:1]  # a fast worker's own publishes follow the call's
+        assert len(new) <= 1, f"one apply_async published {new}"
+        if new:
+            assert result.id == new[0].task_id, f"{call}: handed {result.id}, published {new}"
+        if explicit_id:
+            assert result.id == task_id and new, (
+                f"{call}: a caller-given id must be published (got {result.id}, {new})")
+        if isinstance(result, ReplayedResult):
+            assert not new and result.state == "SUCCESS", (result, result.state)
+            self._check_replay(call, result.id, result.result, f"apply_async{call}")
+        elif not new:
+            holders = self._holders(call)
+            assert result.id in holders, (
+                f"duplicate apply_async{call} handed out {result.id}, but its keys are held "
+                f"by {holders}")
+        self.handed.append(Handed(result, call, "apply_async"))
+
+    @rule(target=calls, task=st.sampled_from(TASKS), k=st.sampled_from(KEYS),
+          x=st.integers(0, 1), key=st.sampled_from(EXPLICIT), explicit_id=st.booleans())
+    @guarded
+    def enqueue(self, task: str, k: str, x: int, key: str | None, explicit_id: bool) -> Call:
+        call = Call.of(task, k, x, key)
+        self._apply_async(call, explicit_id)
+        return call
+
+    @rule(call=calls, explicit_id=st.booleans())
+    @guarded
+    def enqueue_again(self, call: Call, explicit_id: bool) -> None:
+        """A duplicate: the same arguments (and the same explicit idempotency key)."""
+        self._apply_async(call, explicit_id)
+
+    @rule(task=st.sampled_from(TASKS), k=st.sampled_from(KEYS), x=st.integers(0, 1),
+          key=st.sampled_from(EXPLICIT), explicit_id=st.booleans())
+    @guarded
+    def enqueue_while_the_broker_is_down(self, task: str, k: str, x: int, key: str | None,
+                                         explicit_id: bool) -> None:
+        """The publish raises: the claims taken for it are removed (a duplicate is still
+        answered, it publishes nothing)."""
+        call = Call.of(task, k, x, key)
+        self._apply_async(call, explicit_id, broker_down=True)
+
+    @rule(task=st.sampled_from(TASKS), k=st.sampled_from(KEYS), x=st.integers(0, 1),
+          key=st.sampled_from(EXPLICIT), retry=st.sampled_from((None, *COUNTDOWNS)))
+    @guarded
+    def enqueue_taken_at_once(self, task: str, k: str, x: int, key: str | None,
+                              retry: float | None) -> None:
+        """A fast worker starts the message (and, with ``retry``, retries it) before the
+        producer's publish returns, that is, before the enqueue confirm."""
+        call = Call.of(task, k, x, key)
+        try:
+            self._apply_async(call, False, fast=(retry,))
+        finally:
+            retried, self.fast_retried = self.fast_retried, None
+        if retried is not None:
+            self._check_hold(*retried, "a retry before the enqueue confirm")
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 7), task=st.sampled_from(TASKS), x=st.integers(0, 1),
+          same_key=st.booleans())
+    @guarded
+    def enqueue_from_a_run(self, i: int, task: str, x: int, same_key: bool) -> None:
+        """A body enqueues a call (its own successor, when it is the same task and key)."""
+        run = self._pick(self.live, i)
+        k = run.call.k if same_key else next(k for k in KEYS if k != run.call.k)
+        self._apply_async(Call(task, k, x), False, inside=run)
+
+    @rule(task=st.sampled_from(TASKS), k=st.sampled_from(KEYS), x=st.integers(0, 1))
+    @guarded
+    def send_task(self, task: str, k: str, x: int) -> None:
+        """A message that skips apply_async (``send_task``, beat, another service)."""
+        call = Call(task, k, x)
+        before = len(self.published)
+        self.calling = call
+        try:
+            result = self.app.send_task(call.name, (k, x))
+        finally:
+            self.calling = None
+        new = self._new_messages(before)
+        assert [m.task_id for m in new] == [result.id]
+        assert "celery_kv" not in new[0].headers
+        self.handed.append(Handed(result, call, "send_task"))
+
+    @rule(task=st.sampled_from(TASKS), k=st.sampled_from(KEYS), x=st.integers(0, 1),
+          key=st.sampled_from(EXPLICIT))
+    @guarded
+    def eager_apply(self, task: str, k: str, x: int, key: str | None) -> None:
+        call = Call.of(task, k, x, key)
+        self.calling, self.eager_ran = call, None
+        before = len(self.published)
+        try:
+            result = self._task(call.name).apply((k, x), **call.options())
+        finally:
+            self.calling = None
+        assert not self._new_messages(before), "apply() published a message"
+        if result.state == "SUCCESS":
+            if self.eager_ran is not None:
+                assert result.result == self.eager_ran
+                self._completed(call, result.id, result.result)
+            else:
+                self._check_replay(call, None, result.result, f"apply{call}")
+        else:
+            allowed = (LockNotAcquired, IdempotencyInProgress, IdempotencyKeyReused)
+            assert isinstance(result.result, allowed), f"apply{call}: {result.result!r}"
+            assert self.eager_ran is None
+            if isinstance(result.result, IdempotencyKeyReused):
+                assert call.key is not None
+
+    def eager_body(self, task: Any, call: Call) -> Any:
+        """The body of every test task; only ``apply()`` runs it (the model runs the rest)."""
+        assert task.request.is_eager, "a body ran outside apply()"
+        calling = self.calling
+        assert calling is not None and (call.task, call.k, call.x) == (
+            calling.task, calling.k, calling.x), (call, calling)
+        call = calling
+        self._check_free_for(call, task.request.id)
+        self._check_fence(call, task.request.id, task.fence)
+        self.eager_ran = self._value(task.request.id)
+        return self.eager_ran
+
+    # -- rules: the worker -----------------------------------------------------------------
+
+    @precondition(lambda self: self.queue)
+    @rule(i=st.integers(0, 7))
+    @guarded
+    def start(self, i: int) -> None:
+        msg = self.queue.pop(i % len(self.queue))
+        if msg not in self.delivered:
+            self.delivered.append(msg)
+        self._deliver(msg, redelivered=False)
+
+    @precondition(lambda self: self.delivered)
+    @rule(i=st.integers(0, 7))
+    @guarded
+    def redeliver(self, i: int) -> None:
+        """A broker redelivery (visibility timeout, a lost ack) of a message already taken."""
+        self._deliver(self._pick(self.delivered, i), redelivered=True)
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 7))
+    @guarded
+    def finish_success(self, i: int) -> None:
+        run = self.live.pop(i % len(self.live))
+        value = self._value(run.task_id)
+        outcome = run.execution.outcome(value)
+        assert not outcome.error
+        run.execution.finish(outcome)
+        self._completed(run.call, run.task_id, value)
+        self.resolved.add(run.task_id)
+        self._call_back(run.msg, value)
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 7))
+    @guarded
+    def finish_failure(self, i: int) -> None:
+        run = self.live.pop(i % len(self.live))
+        run.execution.finish(FAILED)
+        self.resolved.add(run.task_id)
+        self._call_back(run.msg, failed=True)
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 7),
+          by=st.sampled_from(("itself", "another", "plain", "plain that fails")))
+    @guarded
+    def replace(self, i: int, by: str) -> None:
+        """``return self.replace(sig)`` in the body: the replacement takes over the task
+        id (Celery freezes it with the same id) and the claims; celery-kv links its settle
+        callbacks to it, which finish the claims with the replacement's outcome. ``by``:
+        the task itself, another coordinated task, or a task that is not coordinated."""
+        run = self.live.pop(i % len(self.live))
+        task = self._task(run.msg.name)
+        k, x = run.call.k, run.call.x
+        other = TASKS[(TASKS.index(run.call.task) + 1) % len(TASKS)]
+        if by == "itself":
+            sig = task.si(k, x)
+        elif by == "another":
+            sig = self._task(f"m.{other}").si(k, x)
+        else:
+            sig = self._task("m.plain").si(k, x, by == "plain that fails")
+        before = len(self.published)
+        task.request_stack.push(run.request)
+        run.request._kv_run = run.execution
+        self.calling = run.call if by == "itself" else Call(other, k, x)
+        try:
+            with pytest.raises(Ignore):
+                task.replace(sig)
+        finally:
+            self.calling = None
+            run.request._kv_run = None
+            task.request_stack.pop()
+        assert run.execution.replaced  # so execute() runs no final outcome on its Ignore
+        new = [(m.name, m.task_id) for m in self._new_messages(before)]
+        queued = [(m.name, m.task_id) for m in self.queue]
+        # published, unless the same replacement of this id is queued already (a duplicate)
+        assert new == [(sig.task, run.task_id)] or (
+            not new and (sig.task, run.task_id) in queued), new
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 7), countdown=st.sampled_from(COUNTDOWNS))
+    @guarded
+    def retry(self, i: int, countdown: float) -> None:
+        """``self.retry(countdown=...)`` in the body: the same id is published again."""
+        self._retry(self.live[i % len(self.live)], countdown)
+
+    def _retry(self, run: Live, countdown: float) -> None:
+        self.live.remove(run)
+        task = self._task(run.msg.name)
+        before = len(self.published)
+        task.request_stack.push(run.request)
+        run.request._kv_run = run.execution
+        try:
+            with pytest.raises(Retry) as caught:
+                task.retry(countdown=countdown)
+            run.execution.hand_back(run.execution._retry_delay(caught.value.when))
+        finally:
+            run.request._kv_run = None
+            task.request_stack.pop()
+        new = self._new_messages(before)
+        assert [m.task_id for m in new] == [run.task_id], new
+        assert new[0].headers["retries"] == run.request.retries + 1
+        self._check_hold(run.call, run.task_id, countdown, "a retry")
+
+    def _check_hold(self, call: Call, task_id: str, countdown: float, what: str) -> None:
+        """Claims handed back to a queued task id last its countdown plus the queued TTL."""
+        queued_ttl = self._task(call.name)._kv_policy.queued_ttl
+        least = (countdown + queued_ttl) * 1000 - 5000
+        if call.lock is not None:
+            key = self._lock_key(call.lock)
+            if self.r.hget(key, "owner") == task_id:
+                ttl = self.r.pttl(key)
+                assert ttl >= least, f"after {what} ({countdown} s) the lock of {task_id} " \
+                                     f"lives {ttl} ms, not {countdown} s + {queued_ttl} s"
+        if call.idem is not None:
+            key = self._record_key(call)
+            if self.r.hmget(key, "s", "o") == ["p", task_id]:
+                ttl = self.r.pttl(key)
+                assert ttl >= least, f"after {what} ({countdown} s) the record of " \
+                                     f"{task_id} lives {ttl} ms, not {countdown} s + " \
+                                     f"{queued_ttl} s"
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 7), redelivered=st.booleans())
+    @guarded
+    def kill(self, i: int, redelivered: bool) -> None:
+        """SIGKILL: the body never finishes and its keys stay until their leases run out.
+        With acks_late and reject_on_worker_lost the broker redelivers the message; else
+        the worker marks the id failed (WorkerLostError)."""
+        run = self.live.pop(i % len(self.live))
+        run.execution._stop_heartbeat()
+        run.leases = {name for name, held in (("lock", run.call.lock), ("record", run.call.idem))
+                      if held is not None}
+        self.dead.append(run)
+        if redelivered:
+            self.queue.append(run.msg)
+        else:  # marked failed by the worker, which calls the message's errbacks
+            self.resolved.add(run.task_id)
+            self._call_back(run.msg, failed=True)
+
+    @precondition(lambda self: self.dead)
+    @rule(i=st.integers(0, 7), which=st.sampled_from(("lock", "record")))
+    @guarded
+    def lease_runs_out(self, i: int, which: str) -> None:
+        """A dead run's lease on its lock or its idempotency record runs out (the two
+        leases are separate TTLs: ``lock_ttl`` and ``idempotency_lease``)."""
+        run = self._pick(self.dead, i)
+        self._expire(run, which if which in run.leases else next(iter(run.leases)))
+
+    def _expire(self, run: Live, which: str) -> None:
+        call = run.call
+        if which == "lock" and call.lock is not None:
+            self.r.eval(EXPIRE_IF_OWNED, 1, self._lock_key(call.lock), "owner", run.token)
+        if which == "record" and call.idem is not None:
+            self.r.eval(EXPIRE_IF_OWNED, 1, self._record_key(call), "o", run.token)
+        run.leases.discard(which)
+        if not run.leases:
+            self.dead.remove(run)
+
+    @precondition(lambda self: self.ids)
+    @rule(i=st.integers(0, 15))
+    @guarded
+    def revoke(self, i: int) -> None:
+        """``revoke(id)``: every worker discards the id's messages from now on, and each
+        discard fires ``task_revoked`` (a running body goes on)."""
+        # ids a caller knows (not celery-kv's settle callbacks), the last queued first
+        queued = [m.task_id for m in reversed(self.queue) if m.task_id in self.ids]
+        ids = list(dict.fromkeys([*queued, *self.ids]))
+        self.revoked.add(self._pick(ids, i))
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 7), terminate=st.booleans())
+    @guarded
+    def revoke_running(self, i: int, terminate: bool) -> None:
+        """``revoke(id, terminate=...)`` of a running id: with terminate=True the body is
+        killed and ``task_revoked`` fires for it."""
+        run = self._pick(self.live, i)
+        self.revoked.add(run.task_id)
+        if not terminate:
+            return
+        self.live.remove(run)
+        run.execution._stop_heartbeat()
+        self.terminated.append(run)
+        self._announce_revoked(self._task(run.msg.name), run.msg, terminated=True)
+        self.resolved.add(run.task_id)
+
+    def _announce_revoked(self, task: Any, msg: Msg, terminated: bool) -> None:
+        """What ``Request._announce_revoked`` sends: the request's context, as the
+        worker's main process has it (celery-kv's hook calls ``release_revoked``)."""
+        context = self._request(msg, False)._context
+        task_revoked.send(sender=task, request=context, terminated=terminated,
+                          signum=15 if terminated else None, expired=False)
+
+    # -- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    @guarded
+    def one_live_body_per_singleton_key(self) -> None:
+        """Invariant 1; and a live body holds its lock and its idempotency record."""
+        seen: dict[Any, Live] = {}
+        snapshot = self._snapshot() if self.live else {}
+        for run in self.live:
+            lock = run.call.lock
+            if lock is None:
+                continue
+            assert lock not in seen, f"{lock}: {seen[lock]} and {run} run at once"
+            seen[lock] = run
+            owner = snapshot.get(self._lock_key(lock), (0, {}))[1].get("owner")
+            assert owner == run.token, f"{run} runs, but the lock {lock} is held by {owner!r}"
+        for run in self.live:
+            if run.call.idem is not None:
+                record = snapshot.get(self._record_key(run.call), (0, {}))[1]
+                status, owner = record.get("s"), record.get("o")
+                assert (status, owner) == ("p", run.token), (
+                    f"{run} runs, but its idempotency record is {status!r} by {owner!r}")
+
+    @invariant()
+    @guarded
+    def idempotent_bodies_complete_once(self) -> None:
+        """Invariant 2 (also checked as each body completes)."""
+        over = {key: n for key, n in self.recorded.successes.items() if n > 1}
+        assert not over, f"completed more than once: {over}"
+
+    @invariant()
+    @guarded
+    def every_handed_id_resolves(self) -> None:
+        """Invariant 3: no id handed out was never sent, or will never end."""
+        published = {m.task_id for m in self.published}
+        pending = {m.task_id for m in self.queue} | {run.task_id for run in self.live}
+        for handed in self.handed:
+            result = handed.result
+            if isinstance(result, ReplayedResult):
+                continue  # checked when handed out: it holds the stored value
+            assert result.id in published, (
+                f"{handed.how}{handed.call} handed out {result.id}, which was never published")
+            assert result.id in pending | self.resolved, (
+                f"{handed.how}{handed.call} handed out {result.id}: neither queued, running "
+                f"nor finished")
+
+    @invariant()
+    @guarded
+    def every_key_has_a_ttl(self) -> None:
+        """Invariant 4 (SCAN of the example's prefix)."""
+        for key, (ttl, _) in self._snapshot().items():
+            assert ttl > 0 or ttl == -2, f"{key} has no TTL ({ttl})"
+
+    @invariant()
+    @guarded
+    def every_claim_has_an_owner_that_will_release_it(self) -> None:
+        """Invariant 6: a claim's owner is a queued id (or one whose replacement runs), or
+        a run that is live or dead (whose lease runs out); never an id that will not run
+        again."""
+        queued = {m.task_id for m in self.queue}
+        queued |= {m.kwargs["task_id"] for m in self.queue if m.name in SETTLES}
+        queued |= {run.task_id for run in self.live}  # a replacement settles them at its end
+        tokens = {run.token for run in (*self.live, *self.dead)}
+        for key, owner in self._claims():
+            if RUN_MARK in owner:
+                assert owner in tokens, f"{key} is held by {owner}, a run that is over"
+            else:
+                assert owner in queued, (
+                    f"{key} is held by {owner} ({self._calls_of(owner)}), which is not queued"
+                    f"{' (revoked)' if owner in self.revoked else ''}")
+
+    def _calls_of(self, task_id: str) -> list[Call]:
+        return [call for (known, _), call in self.ident.items() if known == task_id]
+
+    def _claims(self) -> list[tuple[str, str]]:
+        """(key, owner) of every lock and in-progress idempotency record (and successor)."""
+        found = []
+        for key, (_, fields) in self._snapshot().items():
+            if "owner" in fields:  # a lock
+                found.append((key, fields["owner"]))
+            if "next" in fields:
+                found.append((key + " (successor)", fields["next"]))
+            if fields.get("s") == "p" and "o" in fields:  # an idempotency record
+                found.append((key, fields["o"]))
+        return found
+
+    # -- the end of an example -------------------------------------------------------------
+
+    def teardown(self) -> None:
+        try:
+            if not self.broken:
+                self._drain()
+        finally:
+            for run in self.live:
+                run.execution._stop_heartbeat()
+            keys = self._scan(self.kv.store.keys.pattern())
+            if keys:
+                self.r.delete(*keys)
+            self.r.close()
+            self.kv.store.client.close()
+
+    def _drain(self) -> None:
+        """Run everything to its end; then nothing may be held (invariant 5)."""
+        while self.dead:
+            self._expire(self.dead[0], next(iter(self.dead[0].leases)))
+        for _ in range(DRAIN_STEPS):
+            if self.live:
+                self.finish_success(0)
+            elif self.queue:
+                self.start(0)
+            else:
+                break
+            self.one_live_body_per_singleton_key()
+            self.idempotent_bodies_complete_once()
+            self.every_handed_id_resolves()
+            self.every_claim_has_an_owner_that_will_release_it()
+        else:
+            raise AssertionError(f"still not drained after {DRAIN_STEPS} steps: "
+                                 f"{self.queue[:5]}, claims {self._claims()}")
+        unresolved = [(h.how, h.call, h.result.id) for h in self.handed
+                      if not isinstance(h.result, ReplayedResult)
+                      and h.result.id not in self.resolved]
+        assert not unresolved, f"handed out, never resolved: {unresolved}"
+        held = self._claims()
+        assert not held, f"held after every message ended: {held}"
+        self.every_key_has_a_ttl()
+
+
+SETTINGS = settings(max_examples=200, stateful_step_count=40, deadline=None,
+                    report_multiple_bugs=False,
+                    phases=[p for p in Phase if p is not Phase.explain],  # explain: slow
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+@pytest.fixture
+def model(redis_srv: RedisServer) -> Iterator[type[LifecycleModel]]:
+    LifecycleModel.url = f"redis://127.0.0.1:{redis_srv.port}/{DB}"
+    yield LifecycleModel
+    LifecycleModel.url = ""
+
+
+@pytest.mark.timeout(900)  # about 25 s when it passes; shrinking a failure takes minutes
+def test_lifecycle_model(model: type[LifecycleModel]) -> None:
+    run_state_machine_as_test(model, settings=SETTINGS)
+
+
+def play(model: type[LifecycleModel], *steps: tuple[str, dict[str, Any]]) -> None:
+    """Replay one example of the state machine step by step, as hypothesis does: the
+    invariants after every step, and the teardown (every message run to its end)."""
+    state = model()
+    invariants = [state.one_live_body_per_singleton_key, state.idempotent_bodies_complete_once,
+                  state.every_handed_id_resolves, state.every_key_has_a_ttl,
+                  state.every_claim_has_an_owner_that_will_release_it]
+    try:
+        for name, arguments in steps:
+            getattr(state, name)(**arguments)
+            for check in invariants:
+                check()
+    finally:
+        state.teardown()
+
+
+# -- what the state machine found, replayed step by step ----------------------------------
+#
+# 1. A revoke of a running task id without terminate (Celery's default) leaves the body
+#    running. Another delivery of that id (a broker redelivery, or the copy the engine
+#    itself re-publishes when a delivery finds its own id running) is discarded by the
+#    worker, which fires task_revoked: the keys of the running body must stay its own.
+
+
+def test_a_discarded_delivery_of_a_revoked_id_leaves_its_running_singleton_locked(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("enqueue", {"task": "single", "k": "a", "x": 0, "key": None, "explicit_id": False}),
+         ("start", {"i": 0}),  # the body runs
+         ("revoke_running", {"i": 0, "terminate": False}),  # and goes on running
+         ("redeliver", {"i": 0}),  # discarded: task_revoked
+         ("send_task", {"task": "single", "k": "a", "x": 1}),
+         ("start", {"i": 0}))  # must wait: key 'a' is running
+
+
+def test_a_discarded_delivery_of_a_revoked_id_leaves_its_running_idempotency_claim(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("enqueue", {"task": "idem", "k": "a", "x": 0, "key": None, "explicit_id": False}),
+         ("start", {"i": 0}),
+         ("revoke_running", {"i": 0, "terminate": False}),
+         ("redeliver", {"i": 0}),  # discarded: task_revoked
+         ("send_task", {"task": "idem", "k": "a", "x": 0}),  # the same idempotency key
+         ("start", {"i": 0}))  # must wait, then replay: the key's body completes once
+
+
+# 2. A worker can take a message before the producer's publish() returns. When that run
+#    retries with a countdown, its hand-back keeps the claims for the countdown plus the
+#    queued TTL; the producer's enqueue confirm, which comes after, must not cut that short.
+
+
+@pytest.mark.parametrize("task", ["single", "idem"])
+def test_the_enqueue_confirm_keeps_a_retry_hand_back(
+    model: type[LifecycleModel], task: str
+) -> None:
+    play(model, ("enqueue_taken_at_once",
+                 {"task": task, "k": "a", "x": 0, "key": None, "retry": 60}))
+
+
+# 3. (Not a bug: the other side of 1.) A run revoked with terminate=True frees its keys,
+#    computed from its arguments when its message carries no celery-kv header (send_task).
+
+
+def test_a_terminated_run_of_a_send_task_message_frees_its_keys(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("send_task", {"task": "idem_single", "k": "a", "x": 0}),
+         ("start", {"i": 0}),
+         ("revoke_running", {"i": 0, "terminate": True}))
+
+
+# 4. ``self.replace(self.si(...))``: the replacement re-enters the task id's claims. It is
+#    published without the run's celery-kv header, so it computes its keys from its
+#    arguments: a per-call ``idempotency_key`` is lost, and the replacement holds (and
+#    completes) the arguments' default key, which belongs to other calls.
+
+
+def test_a_replacement_by_itself_keeps_the_explicit_idempotency_key(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("enqueue", {"task": "idem", "k": "a", "x": 0, "key": "K1", "explicit_id": False}),
+         ("start", {"i": 0}),
+         ("replace", {"i": 0, "by": "itself"}),
+         ("start", {"i": 0}))  # the replacement must hold K1's record
+
+
+# 5. A replaced task id, revoked while its replacement (a task that is not coordinated)
+#    is queued: the worker discards the replacement and fires task_revoked for *its* task,
+#    which celery-kv ignores, and the settle callbacks never run (a revoke calls none). The
+#    claims handed to the replacement stay until the queued TTL runs out (an hour).
+
+
+@pytest.mark.parametrize("task", ["single", "idem", "idem_single"])
+def test_revoking_a_replaced_id_frees_its_claims(model: type[LifecycleModel], task: str) -> None:
+    play(model,
+         ("enqueue", {"task": task, "k": "a", "x": 0, "key": None, "explicit_id": False}),
+         ("start", {"i": 0}),
+         ("replace", {"i": 0, "by": "plain"}),
+         ("revoke", {"i": 0}),
+         ("start", {"i": 0}))  # the replacement, discarded
+
+
+# 6. The same, when the replacement is another coordinated task: task_revoked then frees
+#    the replacement's own keys (release_revoked) but not the replaced id's claims, which
+#    the replacement's header names (``replaces``): they stay for the queued TTL.
+
+
+@pytest.mark.parametrize("task", ["single", "idem", "idem_single"])
+def test_revoking_an_id_replaced_by_another_coordinated_task_frees_its_claims(
+    model: type[LifecycleModel], task: str
+) -> None:
+    play(model,
+         ("enqueue", {"task": task, "k": "a", "x": 0, "key": None, "explicit_id": False}),
+         ("start", {"i": 0}),
+         ("replace", {"i": 0, "by": "another"}),
+         ("revoke", {"i": 0}),
+         ("start", {"i": 0}))  # the replacement, discarded
+
+
+# 7. A replacement by another coordinated task claims that task's keys at its enqueue,
+#    under the replaced task id. If the replaced message is delivered again (an ack lost
+#    in a crash) before the replacement runs, that delivery re-enters the id's claims,
+#    runs and marks the id finished; the replacement is then acknowledged without running
+#    (the completion mark), and nothing releases the keys it claimed: they stay for the
+#    queued TTL, and duplicates of that call are handed the replaced id.
+
+
+def test_a_replacement_refused_by_the_completion_mark_frees_what_it_claimed(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("enqueue", {"task": "single", "k": "a", "x": 0, "key": None, "explicit_id": False}),
+         ("start", {"i": 0}),
+         ("replace", {"i": 0, "by": "another"}),  # by m.idem: claims its key for the id
+         ("redeliver", {"i": 0}),  # the replaced message again: it runs
+         ("finish_success", {"i": 0}),  # the id is finished
+         ("start", {"i": 0}))  # the replacement: acknowledged without running
