@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from .policy import TaskPolicy
 
 HEADER = "celery_kv"  # the message header that carries the fields
+#: the fields the engine itself owns (each feature declares its own in ``header_fields``)
+ENGINE_FIELDS = ("attempt", "waits", "unavailable_for", "published_duplicate", "replaces")
 
 
 def as_mapping(value: Any) -> Mapping[str, Any]:

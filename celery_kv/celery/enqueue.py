@@ -28,6 +28,8 @@ from celery.utils.time import maybe_make_aware
 
 from .. import signals
 from ..errors import CoordinationUnavailable
+from ..store import Step
+from ..store.scripts import load
 from .context import HEADER, Enqueue, as_mapping
 from .features import FEATURES
 from .features.base import Duplicate
@@ -156,10 +158,7 @@ def confirm(ctx: Enqueue, features: list[Any]) -> None:
         _quietly(lambda: ctx.kv.store.run_phase("enqueue confirm", steps), "confirm a claim")
 
 
-def _undo_of(step: Any) -> Any:
-    from ..store import Step
-    from ..store.scripts import load
-
+def _undo_of(step: Step) -> Step:
     undo = load(step.script).undo
     assert undo is not None, f"claim script {step.script} declares no undo"
     return Step(undo, step.keys, step.args)

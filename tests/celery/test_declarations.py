@@ -54,3 +54,23 @@ def test_a_mistyped_option_is_refused_with_the_close_name(typo: str, meant: str)
             return x
     assert typo in str(caught.value) and repr(meant) in str(caught.value)
     assert f"typo.{typo}" not in app.tasks
+
+
+def test_every_header_field_written_is_declared_by_its_owner() -> None:
+    from celery_kv.celery.context import ENGINE_FIELDS, HEADER, Context
+
+    app = Celery("fields", broker="memory://", set_as_current=False)
+    app.conf.kv_redis_url = "redis://127.0.0.1:1/0"
+    install(app)
+
+    @app.task(base=KVTask, shared=False, name="fields.all", singleton=True, idempotent=True,
+              global_rate_limit="1/s", concurrency_limit=1, cache_ttl=5)
+    def everything(x: int) -> int:
+        return x
+
+    ctx = Context(everything, "id-1", (1,), {}, {})
+    written = set(ctx.fill_header())
+    declared = {f for feature in FEATURES for f in feature.header_fields}
+    assert written <= declared, written - declared
+    assert not declared & set(ENGINE_FIELDS)
+    assert HEADER == "celery_kv"
