@@ -206,7 +206,8 @@ def test_a_redelivered_message_of_a_running_singleton_never_runs_it_again(
     runs once; the copies wait for it, then are acknowledged without running (rule 12)."""
     import dataclasses
 
-    env = dataclasses.replace(celery_env, conf={
+    broker = celery_env.broker.rsplit("/", 1)[0] + "/7"  # a queue no other worker reads
+    env = dataclasses.replace(celery_env, broker=broker, conf={
         "broker_transport_options": {"visibility_timeout": 2, "unacked_restore_interval": 1,
                                      "unacked_restore_throttle": 1}})
     worker = Worker(env)
