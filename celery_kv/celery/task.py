@@ -123,7 +123,7 @@ class KVTask(Task):  # type: ignore[misc]
         for feature in policy.features:
             described.update(feature.describe(ctx))
         return Keys(described.get("singleton"), described.get("idempotency"),
-                    described.get("fingerprint"))
+                    ctx.header.get("idempotency_fingerprint"))
 
     @property
     def kv_namespace(self) -> str:

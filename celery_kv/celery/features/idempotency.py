@@ -81,8 +81,7 @@ class Idempotency(Feature):
                 call.fingerprint if self.key is None else self.key.render(call))
 
     def describe(self, ctx: Context) -> dict[str, Any]:
-        return {"idempotency": ctx.header["idempotency_key"],
-                "fingerprint": ctx.header["idempotency_fingerprint"]}
+        return {"idempotency": ctx.header["idempotency_key"]}
 
     def primitive(self, kv: Any, namespace: str) -> Any:
         """The idempotency primitive that holds this task's records (for tools)."""
