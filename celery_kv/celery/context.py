@@ -9,12 +9,11 @@ message carries wins over one computed from the arguments).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ..kv import KV
-from .keys import RUN_MARK, Call
+from .keys import Call, as_mapping, run_token
 
 if TYPE_CHECKING:
     from .policy import TaskPolicy
@@ -22,10 +21,6 @@ if TYPE_CHECKING:
 HEADER = "celery_kv"  # the message header that carries the fields
 #: the fields the engine itself owns (each feature declares its own in ``header_fields``)
 ENGINE_FIELDS = ("attempt", "waits", "unavailable_for", "published_duplicate", "replaces")
-
-
-def as_mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 def header_of(request: Any) -> dict[str, Any]:
@@ -82,8 +77,7 @@ class Run(Context):
         task_id = request.id or uuid.uuid4().hex
         super().__init__(task, task_id, args, kwargs, header_of(request))
         self.request = request
-        self.token = f"{task_id}{RUN_MARK}{uuid.uuid4().hex[:12]}"
-        self.now = 0.0  # server time of the start phase
+        self.token = run_token(task_id, uuid.uuid4().hex[:12])
         self.elapsed = 0.0  # seconds the body ran
         self.held: set[str] = set()  # features whose start step answered 'ok'
         self.lost: list[str] = []  # features whose lease was lost while running

@@ -30,9 +30,10 @@ from .. import signals
 from ..errors import CoordinationUnavailable
 from ..store import Step
 from ..store.scripts import load
-from .context import HEADER, Enqueue, as_mapping
+from .context import HEADER, Enqueue
 from .features import FEATURES
 from .features.base import Duplicate
+from .keys import as_mapping
 from .policy import TaskPolicy
 
 log = logging.getLogger("celery_kv.celery")

@@ -31,8 +31,9 @@ from ..errors import CoordinationUnavailable, LockLost
 from ..primitives._arguments import text, to_ms
 from ..primitives.heartbeat import Heartbeat
 from ..store import Step, codec
-from .context import HEADER, Run, as_mapping, header_of
+from .context import HEADER, Run, header_of
 from .features.base import FAILED, Block, Feature, Outcome, Skip, Wait
+from .keys import as_mapping
 from .policy import TaskPolicy
 
 log = logging.getLogger("celery_kv.celery")
@@ -82,7 +83,7 @@ class Execution:
                      "without running", self.policy.name, run.task_id)
             raise Ignore() from None
         except Retry as exc:
-            self.hand_back(self._retry_delay(exc.when))
+            self.hand_back(self.retry_delay(exc.when))
             raise
         except Ignore:
             if not self.replaced:  # a replaced run's claims now belong to its replacement
@@ -130,7 +131,6 @@ class Execution:
                 answer = self.store.run_phase("execution start", steps)
             except CoordinationUnavailable as exc:
                 return self._unavailable(exc)
-            run.now = answer.now
             last, owner = answer.replies[-1], owners[len(answer.replies) - 1]
             if verdict(last) == "deny":
                 assert owner is not None
@@ -213,7 +213,7 @@ class Execution:
         raise Retry(f"celery-kv: {wait.reason}", exc=wait.reason, when=round(countdown, 3),
                     sig=sig)
 
-    def _retry_delay(self, when: Any) -> float:
+    def retry_delay(self, when: Any) -> float:
         """The countdown of a retry (``Retry.when``: seconds or an ETA)."""
         if isinstance(when, (int, float)) and not isinstance(when, bool):
             return max(float(when), 0.0)

@@ -43,8 +43,9 @@ from celery import Task
 from ..kv import KV
 from . import enqueue, execution
 from .config import all_options
-from .context import HEADER, Context, as_mapping
+from .context import HEADER, Context
 from .install import installed
+from .keys import as_mapping
 from .policy import TaskPolicy, build_policy
 
 
@@ -179,7 +180,7 @@ class KVTask(Task):  # type: ignore[misc]
         for the retry's countdown plus the queued TTL."""
         running = getattr(self.request, "_kv_run", None)
         if running is not None:
-            running.hand_back(running._retry_delay(countdown if countdown is not None
+            running.hand_back(running.retry_delay(countdown if countdown is not None
                                                    else eta))
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 

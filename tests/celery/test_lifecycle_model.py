@@ -503,7 +503,7 @@ class LifecycleModel(RuleBasedStateMachine):
             except _Finished:
                 return "already finished", None
             except Retry as exc:
-                execution.hand_back(execution._retry_delay(exc.when))
+                execution.hand_back(execution.retry_delay(exc.when))
                 return "deferred", exc
             except Ignore:
                 if not execution.replaced:
@@ -784,7 +784,7 @@ class LifecycleModel(RuleBasedStateMachine):
         try:
             with pytest.raises(Retry) as caught:
                 task.retry(countdown=countdown)
-            run.execution.hand_back(run.execution._retry_delay(caught.value.when))
+            run.execution.hand_back(run.execution.retry_delay(caught.value.when))
         finally:
             run.request._kv_run = None
             task.request_stack.pop()
