@@ -85,6 +85,10 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
            "window (the Redis broker's `visibility_timeout`, 1 h by default); each mark "
            "costs about 104 bytes", seconds, 3600.0, "kv_completion_ttl",
            task_option=False),
+    Option("completion_deadline", "how long a worker keeps trying to store the outcome of "
+           "an idempotent body that ran while Redis cannot be reached (it keeps renewing the "
+           "lease meanwhile); past it the outcome is lost, as after a crash", seconds, 300.0,
+           "kv_completion_deadline", task_option=False),
 )
 
 

@@ -25,6 +25,12 @@ from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from .. import signals
 from ..errors import CoordinationUnavailable, LockLost
@@ -309,7 +315,6 @@ class Execution:
         if self.finished:
             return
         self.finished = True
-        self._stop_heartbeat()
         run = self.run
         owners: list[Feature] = []
         steps = []
@@ -322,13 +327,57 @@ class Execution:
             steps.append(Step("task_done_mark", (self.done_key(),),
                               (to_ms(self.policy.completion_ttl),)))
         if not steps:
+            self._stop_heartbeat()
             return
-        answer = _quietly(lambda: self.store.run_phase("final outcome", steps),
-                          "release the keys at the final outcome")
+        try:
+            answer = self._final_phase(steps, outcome, revoke)
+        finally:
+            self._stop_heartbeat()
         if answer is None:
             return
         for feature, reply in zip(owners, answer.replies, strict=False):
             feature.finished(run, reply, outcome)
+
+    def _final_phase(self, steps: list[Step], outcome: Outcome, revoke: str) -> Any:
+        """Run the final phase; for a body that ran, keep trying through an outage.
+
+        A released claim that cannot reach Redis lapses with its lease, which is what a
+        release does anyway. A body's stored outcome is different: lost, a duplicate runs
+        the body again. So while a feature that keeps outcomes holds this run's claim, the
+        phase is retried for up to ``kv_completion_deadline``, the heartbeat renewing the
+        lease meanwhile; and the finish script stores the outcome even if the lease lapsed
+        meanwhile, as long as no other run took the key.
+        """
+        run = self.run
+        must_land = outcome.done and not revoke and any(
+            f.outcome_must_land and f.name in run.held for f in self.policy.features)
+
+        def final() -> Any:
+            return self.store.run_phase("final outcome", steps)
+
+        if not must_land:
+            return _quietly(final, "release the keys at the final outcome")
+        deadline = self.policy.completion_deadline
+        retrying = Retrying(
+            retry=retry_if_exception_type(CoordinationUnavailable),
+            stop=stop_after_delay(deadline),
+            wait=wait_random_exponential(multiplier=0.25, max=5.0),
+            before_sleep=lambda state: log.warning(
+                "task %s[%s]: the body ran but its outcome is not stored yet (%s); "
+                "retrying for up to %ss", self.policy.name, run.task_id,
+                state.outcome.exception() if state.outcome else "?", deadline),
+            reraise=True,
+        )
+        try:
+            return retrying(final)
+        except CoordinationUnavailable as exc:
+            log.error("task %s[%s]: gave up storing the outcome of a body that ran after "
+                      "kv_completion_deadline=%ss: %s; once its lease lapses a duplicate "
+                      "runs it again", self.policy.name, run.task_id, deadline, exc)
+            return None
+        except Exception as exc:
+            log.warning("celery-kv: could not store the final outcome: %s", exc)
+            return None
 
 
 SETTLE = "celery_kv.settle"

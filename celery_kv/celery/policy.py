@@ -28,6 +28,7 @@ class TaskPolicy:
     unavailable_max_delay: float
     wait_interval: float
     completion_ttl: float
+    completion_deadline: float
 
     def feature(self, name: str) -> Any:
         """The configured feature called ``name``, or None when the task does not use it."""
@@ -79,4 +80,5 @@ def build_policy(task_cls: Any, settings: Settings) -> TaskPolicy:
         unavailable_max_delay=settings.unavailable_max_delay,
         wait_interval=settings.wait_interval,
         completion_ttl=settings.completion_ttl,
+        completion_deadline=settings.completion_deadline,
     )

@@ -176,6 +176,17 @@ def make_app(name: str, broker: str, backend: str, kv_url: str, prefix: str, fx_
         run_body(tag)
         return x * 2
 
+    @app.task(base=IdempotentTask, shared=False, name="t.idem_gate", idempotency_lease=2.0)
+    def idem_gate(tag: str, x: int, fail: bool = False) -> int:
+        """Runs until the test opens its gate (``fx:<tag>:go``), so a fault can be timed."""
+        run_body(tag)
+        deadline = time.monotonic() + 60
+        while not fx.exists(f"fx:{tag}:go") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if fail:
+            raise RuntimeError(f"{tag} failed after its gate")
+        return x * 2
+
     @app.task(shared=False, name="t.plus")
     def plus(a: int, b: int) -> int:
         return a + b

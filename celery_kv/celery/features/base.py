@@ -93,6 +93,9 @@ class Feature:
     header_fields: ClassVar[tuple[str, ...]] = ()
     call_options: ClassVar[tuple[str, ...]] = ()  # per-call apply_async options it takes
     stores_result: ClassVar[bool] = False  # its final outcome needs the result as JSON
+    #: a body that ran must not lose its outcome to a short outage: the engine keeps the
+    #: leases renewed and retries the final phase for up to ``kv_completion_deadline``
+    outcome_must_land: ClassVar[bool] = False
     final_phase: ClassVar[bool] = True  # it holds something until the final outcome
     on_unavailable: ClassVar[str] = "retry"  # default of kv_on_unavailable for this feature
 

@@ -46,6 +46,7 @@ class Idempotency(Feature):
     header_fields = ("idempotency_key", "idempotency_fingerprint")
     call_options = ("idempotency_key",)
     stores_result = True
+    outcome_must_land = True
 
     def __init__(self, task: TaskDefinition) -> None:
         self.task_name = task.name
@@ -166,11 +167,16 @@ class Idempotency(Feature):
         return Step("task_idempotency_finish", self._record(run), (
             "" if revoke else run.token, run.task_id, "done" if outcome.done else "failed",
             outcome.raw, outcome.error, to_ms(self.ttl),
-            "1" if revoke == "terminated" else ""))
+            "1" if revoke == "terminated" else "", run.header["idempotency_fingerprint"]))
 
     def finished(self, run: Run, reply: list[Any], outcome: Outcome) -> None:
-        if outcome.done and run.state.get(self.name) and not int(reply[1]):
-            key = run.header["idempotency_key"]
+        stored = int(reply[1])
+        key = run.header["idempotency_key"]
+        if stored == 2:
+            log.warning("task %s[%s]: stored the outcome under idempotency key %r after its "
+                        "lease had lapsed (Redis was out of reach as the body ended)",
+                        self.task_name, run.task_id, key)
+        if outcome.done and run.state.get(self.name) and not stored:
             log.warning("task %s[%s]: idempotency claim %r was lost before completion",
                         self.task_name, run.task_id, key)
             signals.emit(signals.lock_lost, run.task, task_id=run.task_id, key=key,
