@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
+from redis.exceptions import OutOfMemoryError
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -359,7 +360,9 @@ class Execution:
             return _quietly(final, "release the keys at the final outcome")
         deadline = self.policy.completion_deadline
         retrying = Retrying(
-            retry=retry_if_exception_type(CoordinationUnavailable),
+            # unreachable, or full under noeviction (the heartbeat's PEXPIRE still works
+            # then, so the lease holds while an operator frees memory)
+            retry=retry_if_exception_type((CoordinationUnavailable, OutOfMemoryError)),
             stop=stop_after_delay(deadline),
             wait=wait_random_exponential(multiplier=0.25, max=5.0),
             before_sleep=lambda state: log.warning(
@@ -370,7 +373,7 @@ class Execution:
         )
         try:
             return retrying(final)
-        except CoordinationUnavailable as exc:
+        except (CoordinationUnavailable, OutOfMemoryError) as exc:
             log.error("task %s[%s]: gave up storing the outcome of a body that ran after "
                       "kv_completion_deadline=%ss: %s; once its lease lapses a duplicate "
                       "runs it again", self.policy.name, run.task_id, deadline, exc)

@@ -120,3 +120,33 @@ def test_a_failed_runs_claim_is_released_at_its_failure_even_when_redis_is_full(
     with pytest.raises(RuntimeError, match="failed after its gate"):
         second.get(timeout=30)
     assert count(fx, tag) == 2
+
+
+def test_an_outcome_refused_by_a_full_redis_lands_once_memory_frees(
+    cut_env: Env, cut_worker: Worker, proxy: CuttableProxy, kv_server: RedisServer,
+    fx: redis.Redis, tag: str
+) -> None:
+    """Full under ``noeviction`` as the body ends: the heartbeat still renews the lease
+    (PEXPIRE needs no memory) and the outcome is retried until memory frees."""
+    app: Celery = dataclasses.replace(cut_env, kv=cut_env.kv.replace(
+        f":{proxy.port}/", f":{proxy.target_port}/")).app("ckv-cut")
+    task: Any = app.tasks["t.idem_gate"]
+    first = task.delay(tag, 8)
+    wait_for(lambda: count(fx, tag) == 1, 20, "the body to start")
+    admin = redis.Redis(port=kv_server.port)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    retrying = "its outcome is not stored yet"
+    before = cut_worker.log_text().count(retrying)
+    try:
+        fx.set(f"fx:{tag}:go", 1)  # the body ends now; its outcome cannot be written
+        wait_for(lambda: cut_worker.log_text().count(retrying) > before, 20,
+                 "the worker to retry the outcome")
+        time.sleep(3 * 2.0)  # the fault: full for three leases
+        assert idem_state(app, task.name, tag, 8).status == "in_progress", \
+            "the heartbeat kept the lease while Redis was full"
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert first.get(timeout=60) == 16
+    assert task.delay(tag, 8).get(timeout=30) == 16
+    assert count(fx, tag) == 1
