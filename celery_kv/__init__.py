@@ -10,6 +10,7 @@ from .celery import (
     install,
 )
 from .errors import (
+    CoordinationMisconfigured,
     CoordinationUnavailable,
     DuplicateTask,
     IdempotencyInProgress,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KV",
     "CachedTask",
+    "CoordinationMisconfigured",
     "CoordinationUnavailable",
     "Decision",
     "DuplicateTask",

@@ -24,6 +24,22 @@ class CoordinationUnavailable(KVError):
         return f"Redis unavailable during {self.operation!r}: {self.detail}"
 
 
+class CoordinationMisconfigured(KVError):
+    """Redis refused this client's configuration: its credentials, its ACL or its TLS.
+
+    Unlike ``CoordinationUnavailable`` this is never retried, and no ``kv_on_unavailable``
+    policy runs a task uncoordinated because of it: waiting does not fix a wrong password.
+    """
+
+    def __init__(self, operation: str = "", detail: str = "") -> None:
+        super().__init__(operation, detail)
+        self.operation = operation
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"Redis refused the configuration during {self.operation!r}: {self.detail}"
+
+
 class _HeldKeyError(KVError):
     """An error about a key that some owner holds: carries task, key and holder."""
 
@@ -111,6 +127,7 @@ class RateLimitExceeded(KVError):
 
 
 __all__ = [
+    "CoordinationMisconfigured",
     "CoordinationUnavailable",
     "DuplicateTask",
     "IdempotencyInProgress",

@@ -20,7 +20,11 @@ from celery.bin.celery import celery
 from click.testing import CliRunner, Result
 
 from celery_kv import KV
-from celery_kv.celery.cli import decode_identity, lock_name_of, mask_url, table
+from celery_kv.celery.cli import table
+from celery_kv.store.acl import acl_rules
+from celery_kv.store.admin import decode_identity
+from celery_kv.store.admin import name_of as lock_name_of
+from celery_kv.store.urls import mask_url
 from celery_kv.testing import RedisCluster, RedisServer, free_port, redis_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,6 +193,78 @@ def test_bad_prefix(redis_url: str) -> None:
                        "prefix")
 
 
+def one_line_error(result: Result, *needles: str) -> None:
+    """Exactly one line of output, 'Error: ...', and exit status 1."""
+    assert_clean_error(result, *needles)
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_an_empty_prefix_is_refused(make_app: Callable[..., str], redis_url: str,
+                                    app_kv: KV) -> None:
+    app = make_app()
+    for args in (["kv", "locks", "--prefix", ""], ["kv", "--prefix", "", "locks"],
+                 ["kv", "doctor", "--url", redis_url, "--prefix", ""]):
+        one_line_error(invoke("-A", app, *args), "--prefix", "''")
+
+
+def test_a_nested_json_identity_is_one_line(make_app: Callable[..., str], app_kv: KV) -> None:
+    app = make_app(tasks=True)
+    for identity in ('["a",["b"]]', '{"a": 1}', "1.5", "true", "null"):
+        result = invoke("-A", app, "kv", "limits", "--rate", "5/m", "--key-json", identity)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "IDENTITY" in result.output and "flat list" in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+        result = invoke("-A", app, "kv", "limits", "proj.push", identity, "--key-json")
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+def test_poisoned_records_are_one_line_or_flagged(make_app: Callable[..., str],
+                                                  app_kv: KV) -> None:
+    app = make_app()
+    client = app_kv.client
+    keys = app_kv.store.keys
+    record = keys.key("idem", ("payments", "order-1"))
+    client.hset(record, mapping={"s": "c", "o": "task-1", "r": "{not json"})
+    client.expire(record, 60)
+    one_line_error(invoke("-A", app, "kv", "idempotency", "--namespace", "payments",
+                          "order-1"), "order-1", "payments")
+    client.delete(record)
+    client.set(record, "a string, not a hash", ex=60)
+    one_line_error(invoke("-A", app, "kv", "idempotency", "--namespace", "payments",
+                          "order-1"), "WRONGTYPE")
+
+    bad_fence = keys.key("lock", "bad-fence")
+    client.hset(bad_fence, mapping={"owner": "task-9", "fence": "garbage"})
+    client.expire(bad_fence, 60)
+    no_owner = keys.key("lock", "no-owner")
+    client.hset(no_owner, mapping={"fence": "3"})
+    client.expire(no_owner, 60)
+    client.set(keys.key("lock", "a-string"), "x", ex=60)
+    assert app_kv.lock("good", ttl=30).acquire()
+    rows = {r["name"]: r for r in out_json(invoke("-A", app, "kv", "locks", "--json"))}
+    assert rows["'good'"]["state"] == "queued/held"
+    assert rows["'bad-fence'"]["state"].startswith("malformed: fence 'garbage'")
+    assert rows["'a-string'"]["state"].startswith("malformed: WRONGTYPE")
+    assert "'no-owner'" not in rows  # no owner: nobody holds it
+    text = invoke("-A", app, "kv", "locks")
+    assert text.exit_code == 0 and "malformed" in text.output
+    released = out_json(invoke("-A", app, "kv", "unlock", "bad-fence", "--json"))
+    assert released["released"] is True and released["owner"] == "task-9"
+    assert not client.exists(bad_fence)
+
+
+def test_an_unexpected_error_is_one_line(make_app: Callable[..., str], app_kv: KV,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery_kv.celery.cli import locks as locks_cmd
+
+    def broken(store: Any) -> Any:
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.setattr(locks_cmd, "held_locks", broken)
+    one_line_error(invoke("-A", make_app(), "kv", "locks"), "unexpected RuntimeError",
+                   "something broke")
+
+
 @pytest.fixture
 def guarded_server() -> Iterator[RedisServer]:
     """A server that wants a password (set after start: start_server probes with a bare PING),
@@ -215,8 +291,15 @@ def test_refused_auth_hides_the_password(guarded_server: RedisServer, prefix: st
 
 def test_acl_denial_is_explained(guarded_server: RedisServer, prefix: str) -> None:
     url = f"redis://pingonly:pw@127.0.0.1:{guarded_server.port}/0"
-    assert_clean_error(invoke("kv", "doctor", "--url", url, "--prefix", prefix),
-                       "denied a command", "~prefix:*")
+    report = invoke("kv", "doctor", "--url", url, "--prefix", prefix, "--json")
+    assert report.exit_code == 1, report.output
+    checks = {c["name"]: c for c in json.loads(report.stdout)["checks"]}
+    assert checks["server"]["status"] == checks["lua scripts"]["status"] == "ERROR"
+    assert "INFO denied" in checks["server"]["detail"]
+    assert "EVALSHA denied" in checks["lua scripts"]["detail"]
+    assert json.loads(report.stdout)["acl"]["rules"] == acl_rules(prefix)
+    assert_clean_error(invoke("kv", "limits", "--url", url, "--prefix", prefix, "--rate",
+                              "5/m", "t"), "denied a command", acl_rules(prefix))
 
 
 def test_app_without_a_redis_url_says_what_to_set(make_app: Callable[..., str]) -> None:
@@ -474,6 +557,16 @@ def test_real_celery_subprocess(make_app: Callable[..., str], tmp_path: Path, ap
     )
     assert bad.returncode == 1
     assert bad.stderr.startswith("Error: no lock 'missing'") and "Traceback" not in bad.stderr
+    for args in (["limits", "--rate", "5/m", "--key-json", '["a",["b"]]'],
+                 ["locks", "--prefix", ""]):
+        bad = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", app, "kv", *args],
+            cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": env_path},
+            capture_output=True, text=True, timeout=60,
+        )
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+        assert bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad.stderr.startswith("Error: ")
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..store.keys import validate_prefix
+from ..store.urls import mask_url
 from .features import FEATURES
 from .options import Option, Where, read_settings, seconds
 
@@ -132,7 +133,7 @@ class Settings:
             if first.split("://", 1)[0].lower() in ("redis", "rediss"):
                 return first
         raise ValueError(
-            f"kv_redis_url is not set and the broker ({first!r}) is not Redis: "
+            f"kv_redis_url is not set and the broker ({mask_url(first)!r}) is not Redis: "
             "set app.conf.kv_redis_url = 'redis://host:6379/0'"
         )
 

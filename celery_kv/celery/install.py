@@ -27,6 +27,7 @@ from typing import Any
 from celery import signals as celery_signals
 
 from ..kv import KV
+from ..store.urls import MaskedURL
 from .config import Settings
 
 log = logging.getLogger("celery_kv.celery")
@@ -42,6 +43,7 @@ class Installed:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.settings = Settings.from_conf(app.conf)
+        _mask_in_reports(app.conf)
         self._kv: KV | None = None
         self._kv_lock = threading.Lock()
 
@@ -64,6 +66,19 @@ class Installed:
         """Drop connections inherited from the parent; the child opens its own."""
         if self._kv is not None:
             drop_connections(self._kv.client)
+
+
+def _mask_in_reports(conf: Any) -> None:
+    """Keep ``kv_redis_url`` as a ``MaskedURL``: ``celery report`` prints its password masked.
+
+    Celery censors only settings whose names look secret (``HIDDEN_SETTINGS``), and prints
+    the rest with ``repr``. The value stays equal to the URL for everything else.
+    """
+    # with config_from_object(namespace="CELERY") the setting is CELERY_KV_REDIS_URL
+    for key in [k for k in conf if str(k).lower().endswith("kv_redis_url")]:
+        url = conf.get(key)
+        if isinstance(url, str) and not isinstance(url, MaskedURL):
+            conf[key] = MaskedURL(url)
 
 
 def drop_connections(client: Any) -> None:
