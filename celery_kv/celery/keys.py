@@ -4,6 +4,27 @@ A template such as ``"{tenant_id}"`` is formatted with the call's arguments boun
 name through the task's signature, defaults applied, so ``f(1)`` and ``f(x=1)`` give
 the same key. A callable key receives the call's ``*args, **kwargs``. Without either,
 the key is a digest of the task name and the canonical JSON of the bound arguments.
+
+Why a template's keys never collide (the rendering is injective):
+
+- each value is encoded by ``E`` into the alphabet ``A`` = ASCII letters, digits, ``-``,
+  ``_``, ``.`` and ``%``. A str keeps the characters of ``A`` but ``%`` and
+  percent-encodes every other UTF-8 byte (``a:b`` is ``a%3Ab``); if it would then read
+  as an int (``"42"``), its first character is escaped too (``%342``). An int is its
+  decimal (``42``, ``-7``). Any other JSON value (None, bool, float, list, dict, what
+  kombu's JSON knows) is ``%j`` + its canonical JSON, escaped like a str. A value over
+  255 characters is ``%h`` + a blake2b of its type and content. After a ``%`` a str
+  only has uppercase hex, so ``%j``/``%h``, a bare integer, and anything else (a str,
+  percent-decoded) never meet: ``E`` is injective;
+- fields are plain parameter names, and two fields must be parted by literal text
+  holding a character outside ``A`` (``"{a}:{b}"``, ``"{a}/{b}"``; never ``"{a}{b}"``,
+  ``"{a}x{b}"`` or ``"{a}-{b}"``). Reading a key left to right, the first character
+  outside ``A`` after a value is that known separator, so each value's end is found.
+
+Plain ids (``acme``, ``eu-west-1``, ``42``) therefore render as they are.
+A key longer than 255 characters (the idempotency limit) becomes ``#blake2b:<hex>``.
+A key that starts with ``#`` gets one more ``#``, so a user's string, explicit
+idempotency keys included, never lands on a digest.
 """
 
 from __future__ import annotations
@@ -17,11 +38,17 @@ from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Any
 
+from ..primitives._arguments import short
 from ..store import codec, fingerprint
 from ..store.keys import validate_namespace
 
 MAX_KEY_LENGTH = 255  # the idempotency primitive's limit; longer computed keys are digested
-_FIELD_BASE = re.compile(r"[.\[]")
+_MAX_VALUE = MAX_KEY_LENGTH  # a longer value is digested on its own (a 10 MB argument)
+_VALUE_CHARS = frozenset(string.ascii_letters + string.digits + "-_.%")  # the alphabet of E
+_KEPT = re.compile(r"[A-Za-z0-9_.-]*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_INTEGER = re.compile(r"-?[0-9]+")
+_DIGEST = "#blake2b:"
 
 
 def task_signature(task_cls: Any) -> inspect.Signature:
@@ -80,11 +107,65 @@ class Call:
         return fingerprint(f"{self.task_name}\n{self.canonical}".encode())
 
 
+class _Bounded(str):
+    """A key ``short_key`` already made (a digest or a ``#``-escaped key): kept as it is."""
+
+
 def short_key(key: str) -> str:
-    """A key of at most 255 characters: longer ones are replaced by a digest."""
-    if len(key) <= MAX_KEY_LENGTH:
+    """A key of at most 255 characters: longer ones become ``#blake2b:<hex>``.
+
+    A key that starts with ``#`` gets one more, so no given key reaches a digest.
+    """
+    if isinstance(key, _Bounded):
         return key
-    return "blake2b:" + hashlib.blake2b(key.encode("utf-8", "surrogatepass")).hexdigest()
+    escaped = "#" + key if key.startswith("#") else key
+    if len(escaped) > MAX_KEY_LENGTH:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return _Bounded(_DIGEST + digest)
+    return _Bounded(escaped) if escaped.startswith("#") else escaped
+
+
+def _escape(text: str) -> str:
+    """Letters, digits, ``-``, ``_`` and ``.`` as they are, every other UTF-8 byte as ``%XX``."""
+    if _KEPT.fullmatch(text):
+        return text
+    return _UNSAFE.sub(_percent, text)
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{b:02X}" for b in match[0].encode("utf-8", "surrogatepass"))
+
+
+def _hashed(kind: bytes, payload: bytes) -> str:
+    return "%h" + hashlib.blake2b(kind + b"\n" + payload, digest_size=20).hexdigest()
+
+
+def encode_value(value: Any, what: str) -> str:
+    """``E(value)`` (see the module docstring): injective, in the alphabet ``A``.
+
+    Values are keyed by their JSON form, what a worker receives: a tuple keys like a
+    list. A value that is not JSON raises a ``TypeError`` that names ``what``.
+    """
+    if isinstance(value, str):
+        text = str.__str__(value)
+        if len(text) > _MAX_VALUE:
+            return _hashed(b"s", text.encode("utf-8", "surrogatepass"))
+        escaped = _escape(text)
+        if _INTEGER.fullmatch(escaped):  # "42" must not read as 42
+            return f"%{ord(escaped[0]):02X}{escaped[1:]}"
+        return escaped
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = int(value)
+        if number.bit_length() > 512:  # past what str() prints quickly (or at all)
+            return _hashed(b"i", format(number, "x").encode())
+        return str(number)
+    encoded = codec.dumps(value, what=what)
+    canonical = json.dumps(
+        json.loads(encoded), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    if len(canonical) > _MAX_VALUE:
+        return _hashed(b"j", canonical.encode("utf-8", "surrogatepass"))
+    return "%j" + _escape(canonical)
 
 
 class KeySpec:
@@ -97,6 +178,7 @@ class KeySpec:
         self.option = option
         self.value = value
         self._fn: Callable[..., Any] | None = None
+        self._pieces: tuple[tuple[str, str | None], ...] = ()
         if isinstance(value, str):
             self._check_template(value, sig)
         elif callable(value):
@@ -114,40 +196,68 @@ class KeySpec:
         if not template:
             raise ValueError(f"{self._where()} is empty")
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            parsed = list(string.Formatter().parse(template))
         except ValueError as exc:
             raise ValueError(f"{self._where()} is not a valid template: {exc}") from None
         params = sig.parameters
         open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        for field in fields:
-            base = _FIELD_BASE.split(field, 1)[0]
-            if not base or base.isdigit():
+        pieces: list[tuple[str, str | None]] = []
+        previous: str | None = None
+        for literal, field, spec, conversion in parsed:
+            if field is None:
+                pieces.append((literal, None))
+                continue
+            self._check_field(field, spec, conversion)
+            if previous is not None and all(c in _VALUE_CHARS for c in literal):
                 raise ValueError(
-                    f"{self._where()}: fields must name parameters ('{{tenant_id}}'), "
-                    f"not positions ({field!r})"
+                    f"{self._where()}: fields {{{previous}}} and {{{field}}} must be parted by "
+                    "text holding a character other than a letter, a digit, '-', '_', '.' or "
+                    "'%' (such as "
+                    f"'{{{previous}}}:{{{field}}}'), else two calls could share a key"
                 )
-            if base not in params and not open_kwargs:
+            if field not in params and not open_kwargs:
                 raise ValueError(
-                    f"{self._where()} names {base!r}, which is not a parameter of the task "
+                    f"{self._where()} names {field!r}, which is not a parameter of the task "
                     f"(parameters: {', '.join(params) or 'none'})"
                 )
+            pieces.append((literal, field))
+            previous = field
+        self._pieces = tuple(pieces)
+
+    def _check_field(self, field: str, spec: str | None, conversion: str | None) -> None:
+        if not field or field.isdigit():
+            raise ValueError(
+                f"{self._where()}: fields must name parameters ('{{tenant_id}}'), "
+                f"not positions ({field!r})"
+            )
+        if not field.isidentifier():
+            raise ValueError(
+                f"{self._where()}: field {field!r} must be a plain parameter name "
+                "(no attribute access or indexing)"
+            )
+        if conversion or spec:
+            extra = f"!{conversion}" if conversion else f":{spec}"
+            raise ValueError(
+                f"{self._where()}: field {field!r} must be a plain parameter name "
+                f"(no conversion or format spec such as {extra!r})"
+            )
 
     def render(self, call: Call) -> str:
-        """The key for one call, as a string."""
+        """The key for one call: values encoded injectively, at most 255 characters."""
         if self._fn is not None:
             value = self._fn(*call.args, **call.kwargs)
-            if isinstance(value, bool) or not isinstance(value, (str, int)):
-                raise TypeError(f"{self._where()} returned {value!r}; a key must be a str or int")
-            return str(value)
-        try:
-            return str(self.value).format_map(_Strict(call.names))
-        except KeyError as exc:
-            raise ValueError(f"{self._where()}: argument {exc.args[0]!r} was not given") from None
-
-
-class _Strict(dict[str, Any]):
-    def __missing__(self, key: str) -> Any:
-        raise KeyError(key)
+            return short_key(encode_value(value, f"{self._where()} returned {short(value)}, which"))
+        names = call.names
+        parts: list[str] = []
+        for literal, field in self._pieces:
+            parts.append(literal)
+            if field is not None:
+                if field not in names:
+                    raise ValueError(f"{self._where()}: argument {field!r} was not given")
+                value = names[field]
+                parts.append(encode_value(
+                    value, f"{self._where()}: argument {field}={short(value)}"))
+        return short_key("".join(parts))
 
 
 def namespace_for(task_name: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-MAX_SECONDS = 1e9  # about 31 years: beyond this a TTL is a mistake, and Redis refuses it
+MAX_SECONDS = 1e9  # about 31 years: beyond this a TTL is a mistake (Redis refuses ~9.2e15 s)
 
 
 def is_seconds(value: Any, maximum: float = math.inf) -> bool:
@@ -19,8 +19,12 @@ def is_seconds(value: Any, maximum: float = math.inf) -> bool:
     return math.isfinite(value) and 0 < value <= maximum
 
 
-def positive_seconds(what: str, value: Any, maximum: float = math.inf) -> float:
-    """``value`` as finite seconds > 0, or a ValueError that names ``what``."""
+def positive_seconds(what: str, value: Any, maximum: float = MAX_SECONDS) -> float:
+    """``value`` as finite seconds > 0 (at most ``maximum``), or a ValueError naming ``what``.
+
+    Every TTL a primitive takes goes through here, so none reaches Redis as a number
+    it refuses (PEXPIRE past 2**63 ms) or one that would never expire in practice.
+    """
     if is_seconds(value, maximum):
         return float(value)
     bound = f" (at most {maximum:.0e})" if math.isfinite(maximum) else ""

@@ -103,7 +103,7 @@ class Cache:
 
     def set(self, key: KeyLike, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` (JSON) for ``ttl`` seconds (default: the cache's ttl)."""
-        seconds = self._ttl(ttl)
+        seconds = self._ttl(ttl, key)
         raw = self._encode(key, value)
         args = (raw, to_ms(seconds), self._version_ms(seconds))
         ident = identity(key)  # the lease goes too: this write wins over an in-flight fill
@@ -128,7 +128,7 @@ class Cache:
         waiters see the same thing. If ``compute`` raises, the lease is released, a waiter
         takes over, and the exception propagates to this caller.
         """
-        seconds = self._ttl(ttl)
+        seconds = self._ttl(ttl, key)
         keys = self._keys(key)
         token = secrets.token_hex(16)
         while True:
@@ -217,10 +217,10 @@ class Cache:
             notify=head + "notify:" + ident,
         )
 
-    def _ttl(self, ttl: float | None) -> float:
+    def _ttl(self, ttl: float | None, key: KeyLike) -> float:
         if ttl is None:
             return self.ttl
-        return positive_seconds(f"cache {self.namespace!r} ttl", ttl)
+        return positive_seconds(f"cache {self.namespace!r} key {short(key)}: ttl", ttl)
 
     def _version_ms(self, seconds: float) -> int:
         return max(_VERSION_TTL_MIN_MS, 2 * to_ms(seconds))

@@ -181,7 +181,7 @@ class Idempotency:
         if takeover is not None:
             self._check_owner(takeover)
         fp = self._check_fingerprint(key, fingerprint)
-        ms = to_ms(self.lease if lease is None else self._lease(lease))
+        ms = to_ms(self.lease if lease is None else self._lease(lease, key))
         status, holder, raw, left = self.store.run(
             "idempotency_begin", [self._record(key)], [owner, fp, ms, takeover or ""]
         )
@@ -217,7 +217,7 @@ class Idempotency:
         """Set the remaining lease of ``owner``'s claim to ``lease`` seconds (default: lease)."""
         self._check_key(key)
         self._check_owner(owner)
-        ms = to_ms(self.lease if lease is None else self._lease(lease))
+        ms = to_ms(self.lease if lease is None else self._lease(lease, key))
         return bool(self.store.run("idempotency_renew", [self._record(key)], [owner, ms]))
 
     def state(self, key: str) -> IdempotencyState:
@@ -251,8 +251,9 @@ class Idempotency:
     def _record(self, key: str) -> str:
         return self.store.keys.key("idem", (self.namespace, key))
 
-    def _lease(self, lease: float) -> float:
-        return positive_seconds(f"idempotency {self.namespace!r} lease", lease)
+    def _lease(self, lease: float, key: str | None = None) -> float:
+        where = "" if key is None else f" key {short(key)}:"
+        return positive_seconds(f"idempotency {self.namespace!r}{where} lease", lease)
 
     def _what(self, key: str) -> str:
         return f"idempotency key {short(key)} in namespace {self.namespace!r}"

@@ -65,6 +65,29 @@ BAD_OPTIONS: list[tuple[type[Any], dict[str, Any], str]] = [
     (SingletonTask, {"singleton_key": ""}, "singleton_key"),
     (SingletonTask, {"singleton_key": 42}, "singleton_key"),
     (SingletonTask, {"singleton_key": ["{tenant_id}"]}, "singleton_key"),
+    # templates take plain parameter names only, parted by a separator (F6, F10)
+    (SingletonTask, {"singleton_key": "{tenant_id.__class__}"}, "tenant_id.__class__"),
+    (SingletonTask, {"singleton_key": "{tenant_id[0]}"}, "tenant_id[0]"),
+    (SingletonTask, {"singleton_key": "{tenant_id!r}"}, "tenant_id"),
+    (SingletonTask, {"singleton_key": "{tenant_id:>10}"}, "tenant_id"),
+    (SingletonTask, {"singleton_key": "{}"}, "singleton_key"),
+    (SingletonTask, {"singleton_key": "{tenant_id}{full}"}, "{full}"),
+    (SingletonTask, {"singleton_key": "{tenant_id}x{full}"}, "{full}"),
+    (SingletonTask, {"singleton_key": "{tenant_id}%{full}"}, "{full}"),
+    (SingletonTask, {"singleton_key": "{tenant_id}-{full}"}, "{full}"),
+    (SingletonTask, {"singleton_key": "{tenant_id}.{full}"}, "{full}"),
+    (CachedTask, {"cache_key": "{tenant_id.real}"}, "cache_key"),
+    (IdempotentTask, {"idempotency_key": "{tenant_id}7{full}"}, "idempotency_key"),
+    (RateLimitedTask, {"global_rate_limit": "1/s", "rate_limit_key": "{tenant_id}{full}"},
+     "rate_limit_key"),
+    # TTLs are bounded (at most 1e9 s), named before anything reaches Redis (F8)
+    (SingletonTask, {"lock_ttl": 1e17}, "lock_ttl"),
+    (SingletonTask, {"queued_ttl": 1e17}, "queued_ttl"),
+    (CachedTask, {"cache_ttl": 1e17}, "cache_ttl"),
+    (IdempotentTask, {"idempotency_ttl": 1e17}, "idempotency_ttl"),
+    (IdempotentTask, {"idempotency_lease": 1e17}, "idempotency_lease"),
+    (RateLimitedTask, {"global_rate_limit": "1/s", "rate_limit_max_delay": 1e17},
+     "rate_limit_max_delay"),
     (KVTask, {"singleton": "yes"}, "singleton"),
     (KVTask, {"singleton_key": "{tenant_id}"}, "singleton_key"),  # singleton is off
     (IdempotentTask, {"idempotency_ttl": -3}, "idempotency_ttl"),
@@ -124,7 +147,11 @@ def test_tasks_defined_before_install_are_checked_at_install() -> None:
     ("setting", "value"),
     [("kv_lock_ttl", 0), ("kv_queued_ttl", -1), ("kv_on_unavailable", "maybe"),
      ("kv_on_unavailable", {"lock": "run"}), ("kv_rate_limit_algorithm", "token_bucket"),
-     ("kv_prefix", "a{b}"), ("kv_prefix", ""), ("kv_retry_deadline", math.inf)],
+     ("kv_prefix", "a{b}"), ("kv_prefix", ""), ("kv_retry_deadline", math.inf),
+     *[(f"kv_{name}", 1e17) for name in (
+         "lock_ttl", "queued_ttl", "cache_ttl", "idempotency_ttl", "idempotency_lease",
+         "rate_limit_max_delay", "retry_deadline", "completion_ttl", "enqueue_claim_ttl",
+         "unavailable_max_delay", "wait_interval", "completion_deadline")]],
 )
 def test_bad_settings_fail_at_install(setting: str, value: Any) -> None:
     app = new_app(**{setting: value})
@@ -163,11 +190,17 @@ def test_keys_bind_arguments_by_name_with_defaults(app: Celery) -> None:
 
 
 def test_template_and_callable_keys(app: Celery) -> None:
-    @app.task(base=SingletonTask, shared=False, name="proj.tmpl",
-              singleton_key="{tenant_id}:{opts[mode]}")
-    def tmpl(tenant_id: str, opts: dict[str, str] | None = None) -> None: ...
+    with pytest.raises(ValueError, match=r"proj\.idx.*singleton_key.*'opts\[mode\]'"):
+        @app.task(base=SingletonTask, shared=False, name="proj.idx",
+                  singleton_key="{tenant_id}:{opts[mode]}")
+        def idx(tenant_id: str, opts: dict[str, str] | None = None) -> None: ...
 
-    assert tmpl.kv_keys(("t{1}:*\n", {"mode": "full"})).singleton == "t{1}:*\n:full"
+    @app.task(base=SingletonTask, shared=False, name="proj.tmpl",
+              singleton_key="{tenant_id}:{mode}")
+    def tmpl(tenant_id: str, mode: str = "full") -> None: ...
+
+    # values are escaped: every character but letters, digits, "-", "_", "." becomes %XX
+    assert tmpl.kv_keys(("t{1}:*\n",)).singleton == "t%7B1%7D%3A%2A%0A:full"
 
     @app.task(base=SingletonTask, shared=False, name="proj.call",
               singleton_key=lambda tenant_id, **kw: tenant_id.upper())

@@ -5,12 +5,19 @@
 -- ARGV[1] secret hash, ARGV[2] TTL (ms), ARGV[3] max lifetime (ms, 0 = none)
 -- Returns the JSON data, or false.
 -- retry: safe (a second run reads the same data and sets the same TTL)
+local ttl = tonumber(ARGV[2])
+local lifetime = tonumber(ARGV[3])
+-- Refuse before any write: a bad TTL must not leave a record without one (1e12 ms is
+-- MAX_SECONDS, the bound Python checks first).
+if not ttl or not (ttl >= 1 and ttl <= 1e12) or not lifetime
+    or not (lifetime >= 0 and lifetime <= 1e12) then
+  return redis.error_reply('ERR celery-kv sessions: TTL ' .. tostring(ARGV[2])
+    .. ' ms or max lifetime ' .. tostring(ARGV[3]) .. ' ms is out of range')
+end
 local rec = redis.call('HMGET', KEYS[1], 's', 'd', 'c')
 if not rec[1] or rec[1] ~= ARGV[1] then
   return false
 end
-local ttl = tonumber(ARGV[2])
-local lifetime = tonumber(ARGV[3])
 if lifetime > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
