@@ -1,13 +1,16 @@
 """Shared fixtures: the session's own Redis servers, and one KV per backend.
 
 Every contract test takes ``kv`` (or ``kv_factory``) and so runs against
-fakeredis, a real ``redis-server`` started for this session, and a three-node
-Redis Cluster started for this session. Each test gets its own key prefix.
+fakeredis, a real ``redis-server`` started for this session, a three-node
+Redis Cluster started for this session, and the server version matrix
+(``servers`` marker): Redis 6.2, Redis 7.x and Valkey 8, one server each, started
+on first use. Each test gets its own key prefix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,9 +20,80 @@ import fakeredis
 import pytest
 
 from celery_kv import KV
-from celery_kv.testing import RedisCluster, RedisServer, redis_cluster, redis_server
+from celery_kv.testing import (
+    SERVER_FLAVOURS,
+    RedisCluster,
+    RedisServer,
+    redis_cluster,
+    redis_server,
+    server_binary,
+    start_server,
+)
 
 BACKENDS = ["fakeredis", "redis", "cluster"]
+#: The version matrix: each a backend of ``kv_factory`` too, under the ``servers`` marker.
+FLAVOURS = list(SERVER_FLAVOURS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "servers: runs on each server of the version matrix "
+                   "(Redis 6.2, Redis 7.x, Valkey 8; scripts/bootstrap installs them)")
+
+
+class FlavourServers:
+    """The matrix's servers, one per flavour, started on first use and kept for the session.
+
+    A flavour whose binary is missing, or whose running server reports another version,
+    fails every test that asks for it (never a skip): CI must show that all of them ran.
+    """
+
+    def __init__(self) -> None:
+        self.running: dict[str, RedisServer] = {}
+        self.versions: dict[str, str] = {}
+        self.failed: dict[str, str] = {}  # each later test fails at once, the same way
+
+    def get(self, flavour: str) -> RedisServer:
+        if flavour in self.failed:
+            raise RuntimeError(self.failed[flavour])
+        try:
+            return self.running.get(flavour) or self._start(flavour)
+        except RuntimeError as exc:
+            self.failed[flavour] = str(exc)
+            raise
+
+    def _start(self, flavour: str) -> RedisServer:
+        binary = server_binary(flavour)  # RuntimeError naming what is missing
+        server = start_server(binary=binary)
+        product, version = server.version()
+        if not SERVER_FLAVOURS[flavour].matches(product, version):
+            server.stop()
+            raise RuntimeError(f"{binary} runs {product} {version}, not {flavour}")
+        self.running[flavour] = server
+        self.versions[flavour] = f"{product} {version} ({binary})"
+        return server
+
+    def stop(self) -> None:
+        for server in self.running.values():
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+_flavour_servers = FlavourServers()
+
+
+@pytest.fixture(scope="session")
+def flavour_servers() -> Iterator[FlavourServers]:
+    yield _flavour_servers
+    _flavour_servers.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say which server versions the matrix really ran (as each server reported itself)."""
+    if _flavour_servers.versions:
+        terminalreporter.section("server versions")
+        for flavour, what in _flavour_servers.versions.items():
+            terminalreporter.write_line(f"{flavour}: {what}")
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +118,8 @@ def prefix() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[*BACKENDS,
+                        *(pytest.param(f, marks=pytest.mark.servers) for f in FLAVOURS)])
 def kv_factory(request: pytest.FixtureRequest, prefix: str) -> Callable[..., KV]:
     """Builds KVs that share one backend and one prefix (as separate clients would)."""
     backend = request.param
@@ -57,6 +132,8 @@ def kv_factory(request: pytest.FixtureRequest, prefix: str) -> Callable[..., KV]
         return make
     if backend == "redis":
         url = request.getfixturevalue("redis_srv").url
+    elif backend in SERVER_FLAVOURS:
+        url = request.getfixturevalue("flavour_servers").get(backend).url
     else:
         request.applymarker(pytest.mark.cluster)
         url = request.getfixturevalue("cluster_srv").url

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 from celery_kv import KV, Decision
 from celery_kv.primitives.ratelimit import Rate, RateLimit, hit_all, parse_rate
@@ -402,5 +403,10 @@ def test_keys_outlive_the_state_they_hold(kv: KV, algorithm: str) -> None:
     for _ in range(20):
         d = rl.hit("k")
         assert d.allowed and d.at is not None
-        expires_ms = kv.client.pexpiretime(rl.redis_key("k"))
+        try:
+            expires_ms = kv.client.pexpiretime(rl.redis_key("k"))
+        except redis.ResponseError as exc:
+            if "unknown command" not in str(exc):
+                raise
+            pytest.skip("PEXPIRETIME, the one exact view of a key's expiry, needs Redis 7.0+")
         assert expires_ms * 1000 >= round((d.at + d.reset_after) * 1_000_000)
