@@ -152,3 +152,26 @@ def test_an_enqueue_during_a_redis_stall_longer_than_the_socket_timeout_is_publi
         assert published == [result.id]
     finally:
         server.stop(signal.SIGKILL)
+
+
+def test_idempotency_run_stores_the_outcome_of_a_body_that_ended_in_an_outage(
+    proxy: CuttableProxy, redis_srv: RedisServer
+) -> None:
+    """F2 for the primitive: the connection is cut as the body ends, for three leases.
+    The outcome is retried and stored once Redis answers, so a duplicate replays it."""
+    prefix = f"f2{time.monotonic_ns()}"
+    cut = KV.from_url(proxy.url, prefix=prefix, retry_deadline=0.3)
+    direct = KV.from_url(redis_srv.url, prefix=prefix)
+    effects: list[str] = []
+
+    def charge(order: str) -> dict[str, str]:
+        effects.append(order)
+        proxy.cut()  # the body's effect happened; Redis is now out of reach
+        threading.Timer(3.0, proxy.restore).start()
+        return {"charged": order}
+
+    idem = cut.idempotency("pay", ttl=60, lease=1.0)
+    assert idem.run("order-1", charge, "o-1") == {"charged": "o-1"}
+    again = direct.idempotency("pay", ttl=60, lease=1.0)
+    assert again.run("order-1", charge, "o-1") == {"charged": "o-1"}
+    assert effects == ["o-1"], "the duplicate replayed the stored outcome"

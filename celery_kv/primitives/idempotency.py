@@ -26,7 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from ..errors import IdempotencyInProgress, IdempotencyKeyReused
+from redis.exceptions import OutOfMemoryError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+
+from ..errors import CoordinationUnavailable, IdempotencyInProgress, IdempotencyKeyReused
 from ..store import Store, codec
 from ..store import fingerprint as digest
 from ..store.keys import validate_namespace
@@ -86,11 +89,14 @@ class Idempotency:
     """Idempotency keys in one namespace: results kept ``ttl`` s, claims leased ``lease`` s."""
 
     def __init__(
-        self, store: Store, namespace: str, ttl: float = 86400.0, lease: float = 60.0
+        self, store: Store, namespace: str, ttl: float = 86400.0, lease: float = 60.0,
+        completion_deadline: float = 30.0,
     ) -> None:
         self.store = store
         self.namespace = validate_namespace(namespace)
         self.ttl = positive_seconds(f"idempotency {namespace!r} ttl", ttl)
+        self.completion_deadline = positive_seconds(
+            f"idempotency {namespace!r} completion_deadline", completion_deadline)
         self.lease = self._lease(lease)
         if self.lease > self.ttl:
             raise ValueError(
@@ -125,11 +131,38 @@ class Idempotency:
             return claim.result
         if claim.status == "in_progress":
             raise IdempotencyInProgress(key=key, holder=claim.owner)
-        raw = self._run_leased(key, owner, compute, args, kwargs)
-        if not self.complete_raw(key, owner, raw):
+        raw, beat = self._run_leased(key, owner, compute, args, kwargs)
+        try:
+            stored = self._store_outcome(key, owner, raw, fingerprint)
+        finally:
+            beat.stop()
+        if not stored:
             log.warning("idempotency claim on %s was lost before completion; result not stored",
                         self._what(key))
         return codec.loads(raw)
+
+    def _store_outcome(self, key: str, owner: str, raw: str, fingerprint: str) -> int:
+        """Complete the record of a body that ran, through an outage as it ended.
+
+        Lost, the outcome would let a duplicate run the body again; so the completion is
+        retried for up to ``completion_deadline`` while the heartbeat keeps the lease (and
+        a lease that lapsed meanwhile is completed all the same if nobody took the key).
+        """
+        args = [owner, raw, to_ms(self.ttl), fingerprint]
+        retrying = Retrying(
+            retry=retry_if_exception_type((CoordinationUnavailable, OutOfMemoryError)),
+            stop=stop_after_delay(self.completion_deadline),
+            wait=wait_random_exponential(multiplier=0.25, max=5.0),
+            before_sleep=lambda state: log.warning(
+                "%s: the body ran but its outcome is not stored yet; retrying for up to %ss",
+                self._what(key), self.completion_deadline),
+            reraise=True,
+        )
+        stored = int(retrying(
+            lambda: self.store.run("idempotency_complete", [self._record(key)], args)))
+        if stored == 2:
+            log.warning("%s: stored the outcome after its lease had lapsed", self._what(key))
+        return stored
 
     def _run_leased(
         self,
@@ -138,8 +171,11 @@ class Idempotency:
         compute: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> str:
-        """Run compute under a renewed lease; release the claim if it fails or is not JSON."""
+    ) -> tuple[str, Heartbeat]:
+        """Run compute under a renewed lease; release the claim if it fails or is not JSON.
+
+        The heartbeat is returned still running: it holds the lease until the outcome is
+        stored."""
         beat = Heartbeat(
             f"idem:{self.namespace}:{key[:40]}",
             self.lease,
@@ -152,10 +188,10 @@ class Idempotency:
             beat.stop()
             self._abandon_quietly(key, owner)
             raise
-        beat.stop()
         try:
-            return codec.dumps(result, what=f"result for {self._what(key)}")
+            return codec.dumps(result, what=f"result for {self._what(key)}"), beat
         except TypeError:
+            beat.stop()
             self._abandon_quietly(key, owner)
             raise
 
@@ -203,7 +239,7 @@ class Idempotency:
         self._check_key(key)
         self._check_owner(owner)
         done = self.store.run(
-            "idempotency_complete", [self._record(key)], [owner, raw, to_ms(self.ttl)]
+            "idempotency_complete", [self._record(key)], [owner, raw, to_ms(self.ttl), ""]
         )
         return bool(done)
 
