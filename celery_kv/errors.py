@@ -85,6 +85,18 @@ class IdempotencyInProgress(_HeldKeyError):
     verb = "is in progress"
 
 
+class IdempotencyOutcomeUnknown(_HeldKeyError):
+    """A run of this idempotency key started and its lease lapsed without an outcome: its
+    worker was killed, or could not reach Redis as the body ended. Its effects may have
+    happened, so no duplicate runs it again; ``forget`` the key once you know."""
+
+    verb = "ran, result unknown: its run's lease lapsed without an outcome; run was"
+
+    def __str__(self) -> str:
+        return (f"{super().__str__()} (check its effects, then forget the key: "
+                "`celery kv idempotency --forget`, or Idempotency.forget)")
+
+
 class IdempotencyKeyReused(KVError):
     """The same idempotency key arrived with a different request (IETF 422)."""
 
@@ -132,6 +144,7 @@ __all__ = [
     "DuplicateTask",
     "IdempotencyInProgress",
     "IdempotencyKeyReused",
+    "IdempotencyOutcomeUnknown",
     "KVError",
     "LockLost",
     "LockNotAcquired",

@@ -26,6 +26,7 @@ from celery_kv.store.admin import decode_identity
 from celery_kv.store.admin import name_of as lock_name_of
 from celery_kv.store.urls import mask_url
 from celery_kv.testing import RedisCluster, RedisServer, free_port, redis_server
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -467,6 +468,21 @@ def test_idempotency_record_of_a_task(make_app: Callable[..., str], app_kv: KV) 
                        "task 'proj.plain' has no idempotency")
     usage = invoke("-A", name, "kv", "idempotency", "proj.charge")
     assert usage.exit_code == 2 and "give TASK and KEY" in usage.output
+
+
+def test_idempotency_unknown_then_forgotten(make_app: Callable[..., str], app_kv: KV) -> None:
+    """A run whose lease lapsed shows as 'unknown'; --forget clears it after a look."""
+    app = make_app()
+    idem = app_kv.idempotency("payments", lease=0.2)
+    idem.begin("order-7", "killed-run")
+    wait_for(lambda: idem.state("order-7").status == "unknown", 5, "the lease to lapse")
+    state = out_json(invoke("-A", app, "kv", "idempotency", "--namespace", "payments",
+                            "order-7", "--json"))
+    assert state["status"] == "unknown" and state["owner"] == "killed-run"
+    text = invoke("-A", app, "kv", "idempotency", "--namespace", "payments", "order-7",
+                  "--forget").output
+    assert "unknown" in text and "forgot the record" in text
+    assert idem.state("order-7").status == "absent"
 
 
 def test_idempotency_unknown_key(make_app: Callable[..., str], app_kv: KV) -> None:

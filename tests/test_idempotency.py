@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from celery_kv import KV, IdempotencyInProgress, IdempotencyKeyReused
+from celery_kv import KV, IdempotencyInProgress, IdempotencyKeyReused, IdempotencyOutcomeUnknown
 from celery_kv.primitives.idempotency import Claim, Idempotency
 from celery_kv.testing import fake_kv
 
@@ -209,11 +209,32 @@ def test_reentering_and_renewing_set_an_absolute_lease(kv: KV) -> None:
     assert claim.status == "reentered" and claim.lease_left == 10.0
 
 
-def test_an_unrenewed_claim_expires_after_its_lease(kv: KV) -> None:
-    idem = kv.idempotency("pay", lease=0.3)
+def test_an_unrenewed_claim_lapses_into_ran_result_unknown(kv: KV) -> None:
+    """A runner that stopped renewing (killed, or cut off as its body ended) may have done
+    its effects: the key says so, and no one else runs it, until it is forgotten."""
+    idem = kv.idempotency("pay", ttl=60, lease=0.3)
     idem.begin("k", "crashed")
-    wait_until(lambda: idem.state("k").status == "absent", timeout=5)
-    assert idem.begin("k", "next").status == "acquired"
+    state = wait_until(lambda: (s := idem.state("k")).status == "unknown" and s, timeout=5)
+    assert state.owner == "crashed" and state.ttl_left is not None and state.ttl_left > 50
+    claim = idem.begin("k", "next")
+    assert claim.status == "unknown" and claim.owner == "crashed"
+    effects: list[int] = []
+    with pytest.raises(IdempotencyOutcomeUnknown, match="ran, result unknown") as info:
+        idem.run("k", effects.append, 1)
+    assert info.value.holder == "crashed" and effects == []
+    assert idem.forget("k")
+    idem.run("k", effects.append, 1)
+    assert effects == [1]
+
+
+def test_a_lapsed_runner_can_still_renew_or_complete_its_own_claim(kv: KV) -> None:
+    idem = kv.idempotency("pay", ttl=60, lease=0.3)
+    idem.begin("k", "slow")
+    wait_until(lambda: idem.state("k").status == "unknown", timeout=5)
+    assert idem.renew("k", "slow") and idem.state("k").status == "in_progress"
+    wait_until(lambda: idem.state("k").status == "unknown", timeout=5)
+    assert idem.complete("k", "slow", {"ok": 1})
+    assert idem.begin("k", "next").result == {"ok": 1}
 
 
 def test_a_completed_record_expires_after_its_ttl(kv: KV) -> None:

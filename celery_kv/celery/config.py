@@ -87,8 +87,9 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
            "costs about 104 bytes", seconds, 3600.0, "kv_completion_ttl",
            task_option=False),
     Option("completion_deadline", "how long a worker keeps trying to store the outcome of "
-           "an idempotent body that ran while Redis cannot be reached (it keeps renewing the "
-           "lease meanwhile); past it the outcome is lost, as after a crash", seconds, 300.0,
+           "an idempotent body that ran while Redis is out of reach or full; a lease that "
+           "lapses meanwhile leaves \"ran, result unknown\" (duplicates refused), which "
+           "the outcome then replaces; past the deadline it stays", seconds, 300.0,
            "kv_completion_deadline", task_option=False),
 )
 

@@ -343,11 +343,11 @@ class Execution:
         """Run the final phase; for a body that ran, keep trying through an outage.
 
         A released claim that cannot reach Redis lapses with its lease, which is what a
-        release does anyway. A body's stored outcome is different: lost, a duplicate runs
-        the body again. So while a feature that keeps outcomes holds this run's claim, the
-        phase is retried for up to ``kv_completion_deadline``, the heartbeat renewing the
-        lease meanwhile; and the finish script stores the outcome even if the lease lapsed
-        meanwhile, as long as no other run took the key.
+        release does anyway. A body's outcome is different: while a feature that keeps
+        outcomes holds this run's claim, the phase is retried for up to
+        ``kv_completion_deadline``, the heartbeat renewing the lease meanwhile. A lease
+        that lapses meanwhile leaves "ran, result unknown", which refuses duplicates and
+        which this run can still complete.
         """
         run = self.run
         must_land = outcome.done and not revoke and any(
@@ -360,8 +360,7 @@ class Execution:
             return _quietly(final, "release the keys at the final outcome")
         deadline = self.policy.completion_deadline
         retrying = Retrying(
-            # unreachable, or full under noeviction (the heartbeat's PEXPIRE still works
-            # then, so the lease holds while an operator frees memory)
+            # unreachable, or full under noeviction until an operator frees memory
             retry=retry_if_exception_type((CoordinationUnavailable, OutOfMemoryError)),
             stop=stop_after_delay(deadline),
             wait=wait_random_exponential(multiplier=0.25, max=5.0),

@@ -2,14 +2,19 @@
 
 Each key is one hash at ``prefix:idem:{(namespace, key)}`` that moves through
 
-    absent -> in_progress(owner, fingerprint; expires after the lease)
-           -> completed(result, fingerprint; expires after ttl)
+    absent -> in_progress(owner, fingerprint, lease deadline) -> completed(result, fingerprint)
+                 `-- lease lapsed: unknown ("ran, result unknown") --'
 
-one script per transition, so two concurrent requests can never both run. A runner renews
-its lease with a heartbeat; a runner killed with SIGKILL stops renewing, its record expires
-with the lease, and the key is absent again. ``run`` is the whole protocol for one call;
-``begin``/``complete``/``abandon``/``renew`` are its steps, for callers such as the Celery
-layer whose owner is a task id that can come back (a retry re-enters its own claim).
+each kept for ``ttl``, one script per transition, so two concurrent requests can never
+both run. A runner renews its lease with a heartbeat. A runner whose lease lapses (killed
+with SIGKILL, or cut off from Redis as its body ended) leaves the key "unknown": its
+effects may have happened, so callers get ``IdempotencyOutcomeUnknown`` instead of a second
+run, until ``forget`` (an operator who checked) or the ttl. The runner itself can still
+renew or complete a lapsed claim: nobody else can have taken it.
+
+``run`` is the whole protocol for one call; ``begin``/``complete``/``abandon``/``renew``
+are its steps, for callers whose owner is an id that can come back (a retry re-enters its
+own claim).
 
 Fingerprints: ``run(..., fingerprint=None)`` derives one from ``compute``'s arguments (their
 canonical JSON, hashed); a string is used as given. The same key with a different
@@ -29,7 +34,12 @@ from typing import Any, Literal, cast
 from redis.exceptions import OutOfMemoryError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from ..errors import CoordinationUnavailable, IdempotencyInProgress, IdempotencyKeyReused
+from ..errors import (
+    CoordinationUnavailable,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    IdempotencyOutcomeUnknown,
+)
 from ..store import Store, codec
 from ..store import fingerprint as digest
 from ..store.keys import validate_namespace
@@ -41,8 +51,8 @@ log = logging.getLogger("celery_kv.idempotency")
 MAX_KEY_LENGTH = 255  # Stripe's limit for an Idempotency-Key
 MAX_FINGERPRINT_LENGTH = 1024
 
-ClaimStatus = Literal["acquired", "reentered", "completed", "in_progress"]
-StateStatus = Literal["absent", "in_progress", "completed"]
+ClaimStatus = Literal["acquired", "reentered", "completed", "in_progress", "unknown"]
+StateStatus = Literal["absent", "in_progress", "completed", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,8 @@ class Idempotency:
             return claim.result
         if claim.status == "in_progress":
             raise IdempotencyInProgress(key=key, holder=claim.owner)
+        if claim.status == "unknown":
+            raise IdempotencyOutcomeUnknown(key=key, holder=claim.owner)
         raw, beat = self._run_leased(key, owner, compute, args, kwargs)
         try:
             stored = self._store_outcome(key, owner, raw, fingerprint)
@@ -219,14 +231,16 @@ class Idempotency:
         fp = self._check_fingerprint(key, fingerprint)
         ms = to_ms(self.lease if lease is None else self._lease(lease, key))
         status, holder, raw, left = self.store.run(
-            "idempotency_begin", [self._record(key)], [owner, fp, ms, takeover or ""]
+            "idempotency_begin", [self._record(key)],
+            [owner, fp, ms, takeover or "", to_ms(self.ttl)],
         )
         found = text(status)
         if found == "reused":
             raise IdempotencyKeyReused(key=key)
         if found == "completed":
             return Claim("completed", text(holder) or None, codec.loads(raw))
-        return Claim(cast(ClaimStatus, found), text(holder), None, int(left) / 1000.0)
+        lease_left = None if found == "unknown" else int(left) / 1000.0
+        return Claim(cast(ClaimStatus, found), text(holder), None, lease_left)
 
     def complete(self, key: str, owner: str, result: Any) -> bool:
         """Store ``result`` for ``owner``'s claim; False when the claim was lost."""
@@ -267,6 +281,8 @@ class Idempotency:
             return IdempotencyState(
                 "in_progress", text(owner), seconds, text(fp) or None, None, None
             )
+        if found == "u":
+            return IdempotencyState("unknown", text(owner), None, text(fp) or None, seconds)
         return IdempotencyState(
             "completed", text(owner) or None, None, text(fp) or None, seconds, codec.loads(raw)
         )
@@ -281,7 +297,7 @@ class Idempotency:
     def _abandon_quietly(self, key: str, owner: str) -> None:
         try:
             self.abandon(key, owner)
-        except Exception as exc:  # the lease runs out by itself; keep the caller's exception
+        except Exception as exc:  # the lease lapses into "unknown"; keep the caller's exception
             log.warning("could not release the claim on %s: %s", self._what(key), exc)
 
     def _record(self, key: str) -> str:

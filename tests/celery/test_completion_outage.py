@@ -2,13 +2,16 @@
 
 The worker reaches the coordination Redis through a proxy that the test cuts just as
 the body ends, for longer than the record's lease (2 s) and than ``kv_retry_deadline``.
-The worker keeps trying to store the outcome; once the cut ends the outcome is stored,
-and a later duplicate replays it instead of running the body a second time.
+While the lease is lapsed the key says "ran, result unknown" (a duplicate is refused, not
+run); the worker keeps trying to store the outcome, and once the cut ends it is stored, so
+a later duplicate replays it instead of running the body a second time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +20,9 @@ import pytest
 import redis
 from celery import Celery
 
+from celery_kv import IdempotencyOutcomeUnknown
+from celery_kv.celery.install import installed
+from celery_kv.celery.keys import task_id_of
 from celery_kv.testing import RedisServer, start_server
 from tests.celery.conftest import Env, Worker, count
 from tests.celery.test_enqueue import idem_state
@@ -76,8 +82,12 @@ def test_an_outcome_that_could_not_be_stored_lands_after_the_outage(
     proxy.cut()
     try:
         fx.set(f"fx:{tag}:go", 1)  # the body ends now, with Redis out of the worker's reach
-        wait_for(lambda: idem_state(app, task.name, tag, 21).status == "absent", 10,
+        wait_for(lambda: idem_state(app, task.name, tag, 21).status == "unknown", 10,
                  "the record's lease to lapse while the worker is cut off")
+        # meanwhile the key says "ran, result unknown", not "free": a duplicate refuses
+        with pytest.raises(IdempotencyOutcomeUnknown, match="ran, result unknown") as info:
+            task.delay(tag, 21)
+        assert info.value.holder == first.id
         time.sleep(CUT)  # the fault itself: the outage lasts this long
     finally:
         proxy.restore()
@@ -88,7 +98,6 @@ def test_an_outcome_that_could_not_be_stored_lands_after_the_outage(
     duplicate = task.delay(tag, 21)
     assert duplicate.get(timeout=30) == 42
     assert count(fx, tag) == 1, "the body ran once: the duplicate replayed its outcome"
-    assert "stored the outcome under idempotency key" in cut_worker.log_text()
 
 
 def test_a_failed_runs_claim_is_released_at_its_failure_even_when_redis_is_full(
@@ -126,8 +135,9 @@ def test_an_outcome_refused_by_a_full_redis_lands_once_memory_frees(
     cut_env: Env, cut_worker: Worker, proxy: CuttableProxy, kv_server: RedisServer,
     fx: redis.Redis, tag: str
 ) -> None:
-    """Full under ``noeviction`` as the body ends: the heartbeat still renews the lease
-    (PEXPIRE needs no memory) and the outcome is retried until memory frees."""
+    """Full under ``noeviction`` as the body ends: the outcome is retried until memory
+    frees. Meanwhile the lease cannot be renewed and lapses: the key says "ran, result
+    unknown", and a duplicate is refused rather than run."""
     app: Celery = dataclasses.replace(cut_env, kv=cut_env.kv.replace(
         f":{proxy.port}/", f":{proxy.target_port}/")).app("ckv-cut")
     task: Any = app.tasks["t.idem_gate"]
@@ -142,11 +152,45 @@ def test_an_outcome_refused_by_a_full_redis_lands_once_memory_frees(
         fx.set(f"fx:{tag}:go", 1)  # the body ends now; its outcome cannot be written
         wait_for(lambda: cut_worker.log_text().count(retrying) > before, 20,
                  "the worker to retry the outcome")
-        time.sleep(3 * 2.0)  # the fault: full for three leases
-        assert idem_state(app, task.name, tag, 8).status == "in_progress", \
-            "the heartbeat kept the lease while Redis was full"
+        wait_for(lambda: idem_state(app, task.name, tag, 8).status == "unknown", 20,
+                 "the lease to lapse while Redis is full")
+        with pytest.raises(IdempotencyOutcomeUnknown):
+            task.delay(tag, 8)
     finally:
         admin.config_set("maxmemory", 0)
     assert first.get(timeout=60) == 16
+    wait_for(lambda: idem_state(app, task.name, tag, 8).status == "completed", 30,
+             "the outcome to land once memory frees")
     assert task.delay(tag, 8).get(timeout=30) == 16
     assert count(fx, tag) == 1
+
+
+def test_a_killed_run_leaves_ran_result_unknown_and_no_duplicate_runs_it(
+    cut_env: Env, proxy: CuttableProxy, fx: redis.Redis, tag: str
+) -> None:
+    """SIGKILL mid-body (no acks_late: the message is gone). Its effects may have
+    happened, so once the lease lapses the key says so: a duplicate is refused, naming
+    the run, until an operator forgets the key; then the next call runs."""
+    app: Celery = dataclasses.replace(cut_env, kv=cut_env.kv.replace(
+        f":{proxy.port}/", f":{proxy.target_port}/")).app("ckv-cut")
+    task: Any = app.tasks["t.idem_gate"]
+    doomed = Worker(cut_env, queues="doomed")
+    try:
+        first = task.apply_async((tag, 4), queue="doomed")
+        wait_for(lambda: count(fx, tag) == 1, 20, "the body to start")
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.process.wait(timeout=10)
+    finally:
+        doomed.stop()
+    state = wait_for(lambda: (s := idem_state(app, task.name, tag, 4)).status == "unknown"
+                     and s, 10, "the killed run's lease to lapse")
+    assert task_id_of(state.owner) == first.id
+    with pytest.raises(IdempotencyOutcomeUnknown, match="ran, result unknown") as info:
+        task.delay(tag, 4)
+    assert info.value.holder == first.id
+    assert count(fx, tag) == 1
+    idem = installed(app).kv.idempotency(task.kv_namespace)
+    assert idem.forget(str(task.kv_keys((tag, 4)).idempotency))
+    fx.set(f"fx:{tag}:go", 1)
+    assert task.delay(tag, 4).get(timeout=30) == 8
+    assert count(fx, tag) == 2

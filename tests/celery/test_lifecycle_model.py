@@ -28,7 +28,9 @@ After every step it checks, on the model and on Redis:
 4. every key under the prefix has a TTL (and claims handed back by a retry last its
    countdown plus the queued TTL);
 6. every held claim belongs to a task id that is queued, or to a run that is live (or
-   dead, until its lease runs out): no id holds a key that nothing will ever release.
+   dead, until its lease runs out): no id holds a key that nothing will ever release; an
+   idempotency record whose run's lease ran out says "ran, result unknown": duplicates
+   are refused (``IdempotencyOutcomeUnknown``), only a redelivery of its id runs it.
 
 At the end of each example every message is run to its end and the dead runs' leases
 run out; then every handed-out id has resolved and nothing is held (5): no lock, no
@@ -70,6 +72,7 @@ from kombu.message import Message
 from celery_kv import (
     IdempotencyInProgress,
     IdempotencyKeyReused,
+    IdempotencyOutcomeUnknown,
     KVTask,
     LockNotAcquired,
     install,
@@ -251,7 +254,16 @@ def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
-# What a dead run's lease running out does: its keys go, unless someone else holds them.
+# What a dead run's lease running out does: a lock goes, unless someone else holds it; an
+# idempotency record lapses into "ran, result unknown" (its lease deadline passes).
+LAPSE_IF_OWNED = """
+local lapsed = 0
+if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'l', 0)
+  lapsed = 1
+end
+return lapsed
+"""
 EXPIRE_IF_OWNED = """
 local gone = 0
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
@@ -462,7 +474,10 @@ class LifecycleModel(RuleBasedStateMachine):
                 f"{msg}: the completion mark says finished, but it never reached an outcome")
         else:
             assert verdict == "failed", verdict
-            assert isinstance(value, IdempotencyKeyReused), f"start of {msg} raised {value!r}"
+            if isinstance(value, IdempotencyOutcomeUnknown):
+                assert self._lapsed(call), f"start of {msg}: {value}, but nothing lapsed"
+            else:
+                assert isinstance(value, IdempotencyKeyReused), f"start of {msg}: {value!r}"
             self.resolved.add(msg.task_id)
             self._call_back(msg, failed=True)
 
@@ -561,6 +576,10 @@ class LifecycleModel(RuleBasedStateMachine):
             result = task.apply_async((call.k, call.x), task_id=task_id, **call.options())
         except IdempotencyKeyReused:
             assert call.key is not None, f"{call}: IdempotencyKeyReused without an explicit key"
+            assert not self._new_messages(before)
+            return
+        except IdempotencyOutcomeUnknown as exc:
+            assert self._lapsed(call), f"{call}: {exc}, but its record has not lapsed"
             assert not self._new_messages(before)
             return
         except BrokerDown:
@@ -673,9 +692,12 @@ class LifecycleModel(RuleBasedStateMachine):
             else:
                 self._check_replay(call, None, result.result, f"apply{call}")
         else:
-            allowed = (LockNotAcquired, IdempotencyInProgress, IdempotencyKeyReused)
+            allowed = (LockNotAcquired, IdempotencyInProgress, IdempotencyKeyReused,
+                       IdempotencyOutcomeUnknown)
             assert isinstance(result.result, allowed), f"apply{call}: {result.result!r}"
             assert self.eager_ran is None
+            if isinstance(result.result, IdempotencyOutcomeUnknown):
+                assert self._lapsed(call), f"apply{call}: {result.result}, nothing lapsed"
             if isinstance(result.result, IdempotencyKeyReused):
                 assert call.key is not None
 
@@ -843,7 +865,7 @@ class LifecycleModel(RuleBasedStateMachine):
         if which == "lock" and call.lock is not None:
             self.r.eval(EXPIRE_IF_OWNED, 1, self._lock_key(call.lock), "owner", run.token)
         if which == "record" and call.idem is not None:
-            self.r.eval(EXPIRE_IF_OWNED, 1, self._record_key(call), "o", run.token)
+            self.r.eval(LAPSE_IF_OWNED, 1, self._record_key(call), run.token)
         run.leases.discard(which)
         if not run.leases:
             self.dead.remove(run)
@@ -964,9 +986,16 @@ class LifecycleModel(RuleBasedStateMachine):
                 found.append((key, fields["owner"]))
             if "next" in fields:
                 found.append((key + " (successor)", fields["next"]))
-            if fields.get("s") == "p" and "o" in fields:  # an idempotency record
-                found.append((key, fields["o"]))
+            if fields.get("s") == "p" and "o" in fields and fields.get("l") != "0":
+                found.append((key, fields["o"]))  # an idempotency record, not lapsed
         return found
+
+    def _lapsed(self, call: Call) -> bool:
+        """The call's idempotency record says "ran, result unknown" (a dead run lapsed)."""
+        if call.idem is None:
+            return False
+        fields = self.r.hgetall(self._record_key(call))
+        return fields.get("s") == "p" and fields.get("l") == "0"
 
     # -- the end of an example -------------------------------------------------------------
 

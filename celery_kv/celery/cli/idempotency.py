@@ -36,11 +36,15 @@ def _task_idempotency(found: Target, task: Any) -> Any:
 @click.option("--namespace", default=None,
               help="A record made in code by kv.idempotency(namespace): then the only "
                    "argument is the KEY.")
+@click.option("--forget", is_flag=True,
+              help="Then delete the record, so the next call runs: for a record that says "
+                   "'unknown' once you have checked what its run did.")
 @click.pass_context
 @guarded
 def idempotency(ctx: click.Context, task_or_key: str, key: str | None, namespace: str | None,
-                url: str | None, prefix: str | None, as_json: bool) -> None:
-    """State of one idempotency record: in progress (owner, lease) or completed (result).
+                forget: bool, url: str | None, prefix: str | None, as_json: bool) -> None:
+    """State of one idempotency record: in progress (owner, lease), completed (result) or
+    unknown (a run's lease lapsed without an outcome: its effects may have happened).
 
     TASK is a registered idempotent task and KEY its idempotency key (the
     per-call idempotency_key, or what its idempotency_key template gives).
@@ -74,6 +78,8 @@ def idempotency(ctx: click.Context, task_or_key: str, key: str | None, namespace
         )
     data = {"namespace": idem.namespace, "key": key, **asdict(state),
             "task_id": task_id_of(state.owner)}
+    if forget:
+        data["forgotten"] = idem.forget(key)
     if as_json:
         emit_json(data)
         return
@@ -82,7 +88,10 @@ def idempotency(ctx: click.Context, task_or_key: str, key: str | None, namespace
         ("owner task id", data["task_id"]), ("owner token", state.owner),
         ("fingerprint", state.fingerprint),
         ("lease left", seconds(state.lease_left) if state.status == "in_progress" else "-"),
-        ("kept for", seconds(state.ttl_left) if state.status == "completed" else "-"),
+        ("kept for", seconds(state.ttl_left) if state.status in ("completed", "unknown")
+         else "-"),
         ("result", json.dumps(state.result, default=str) if state.status == "completed"
          else "-"),
     ]))
+    if forget:
+        click.echo(f"forgot the record: the next call with key {key!r} runs")

@@ -3,7 +3,10 @@
 The idempotency primitive's record (``Idempotency``), owned by a task id: claimed at
 ``apply_async``, taken over by the run, completed with the task's return value (or with
 the error that kept it from being stored: the body ran, so its effects happened, and a
-duplicate must not run it again). A failed run releases the claim so a retry can run.
+duplicate must not run it again). A failed run releases the claim so a retry can run. A run
+whose lease lapses without an outcome (its worker killed, or cut off from Redis for longer
+than ``kv_completion_deadline`` as the body ended) leaves "ran, result unknown": duplicates
+raise ``IdempotencyOutcomeUnknown``; only a redelivery of its own task id runs it again.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 from typing import Any
 
 from ... import signals
-from ...errors import IdempotencyInProgress, IdempotencyKeyReused
+from ...errors import IdempotencyInProgress, IdempotencyKeyReused, IdempotencyOutcomeUnknown
 from ...primitives._arguments import text, to_ms
 from ...store import Step, codec
 from ..context import Context, Enqueue, Run
@@ -114,6 +117,8 @@ class Idempotency(Feature):
         if why == "reused":
             raise self._refused(ctx)
         holder = task_id_of(text(reply[2])) or ctx.task_id
+        if why == "unknown":
+            raise IdempotencyOutcomeUnknown(key, holder, self.task_name)
         if why == "completed":
             return Duplicate(self.name, key, holder, True, codec.loads(reply[3] or "null"),
                              text(reply[4]))
@@ -124,7 +129,7 @@ class Idempotency(Feature):
     def _run_args(self, run: Run, hold: float) -> tuple[Any, ...]:
         assert self.lease is not None
         return (run.token, run.task_id, run.header["idempotency_fingerprint"],
-                to_ms(self.lease), to_ms(hold))
+                to_ms(self.lease), to_ms(hold), to_ms(self.ttl))
 
     def start(self, run: Run) -> Step:
         return Step("task_idempotency_start", self._record(run),
@@ -151,6 +156,8 @@ class Idempotency(Feature):
         if why == "reused":
             raise self._refused(run)
         holder, pttl = task_id_of(text(reply[2])), int(reply[3])
+        if why == "unknown":
+            raise IdempotencyOutcomeUnknown(key, holder, self.task_name)
         signals.emit(signals.task_deduplicated, run.task, task_id=run.task_id, holder=holder,
                      key=key, feature=self.name, stage="execute")
         return Wait(IdempotencyInProgress(key, holder, self.task_name),

@@ -21,5 +21,6 @@ if rec[1] == 'c' then
   return 1
 end
 redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
+redis.call('HDEL', KEYS[1], 'l')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1

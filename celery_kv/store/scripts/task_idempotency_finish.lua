@@ -20,7 +20,7 @@ local function complete()
   if ARGV[5] ~= '' then
     redis.call('HSET', KEYS[1], 'e', ARGV[5])
   end
-  redis.call('HDEL', KEYS[1], 'n')
+  redis.call('HDEL', KEYS[1], 'n', 'l')
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
 end
 if not state then
