@@ -10,6 +10,7 @@ from .celery import (
     install,
 )
 from .errors import (
+    CoordinationFull,
     CoordinationMisconfigured,
     CoordinationUnavailable,
     DuplicateTask,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KV",
     "CachedTask",
+    "CoordinationFull",
     "CoordinationMisconfigured",
     "CoordinationUnavailable",
     "Decision",

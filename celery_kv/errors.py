@@ -24,6 +24,16 @@ class CoordinationUnavailable(KVError):
         return f"Redis unavailable during {self.operation!r}: {self.detail}"
 
 
+class CoordinationFull(CoordinationUnavailable):
+    """Redis refused a write because it is full (``maxmemory`` reached under
+    ``noeviction``). Like an outage it passes once memory frees: a task that was already
+    queued waits under ``kv_on_unavailable``; a new call is refused with this error."""
+
+    def __str__(self) -> str:
+        return (f"Redis is full (maxmemory reached under noeviction) during "
+                f"{self.operation!r}: {self.detail}; free memory or raise maxmemory")
+
+
 class CoordinationMisconfigured(KVError):
     """Redis refused this client's configuration: its credentials, its ACL or its TLS.
 
@@ -139,6 +149,7 @@ class RateLimitExceeded(KVError):
 
 
 __all__ = [
+    "CoordinationFull",
     "CoordinationMisconfigured",
     "CoordinationUnavailable",
     "DuplicateTask",

@@ -27,7 +27,7 @@ from celery.utils import uuid
 from celery.utils.time import maybe_make_aware
 
 from .. import signals
-from ..errors import CoordinationUnavailable
+from ..errors import CoordinationFull, CoordinationUnavailable
 from ..store import Step
 from ..store.scripts import load
 from .context import HEADER, Enqueue
@@ -119,6 +119,11 @@ def _claim_and_publish(ctx: Enqueue, publish: Publish, options: dict[str, Any],
     store = ctx.kv.store
     try:
         answer = store.run_phase("enqueue claim", [step for _, step in claimed])
+    except CoordinationFull as exc:  # refused now, unlike a blip: tell the caller
+        keys = ", ".join(f"{what} key {key!r}" for f, _ in claimed
+                         for what, key in f.describe(ctx).items())
+        raise CoordinationFull(f"enqueue of task {policy.name!r} ({keys})",
+                               exc.detail) from exc
     except CoordinationUnavailable as exc:
         if policy.unavailable(tuple(f for f, _ in claimed)) == "raise":
             raise

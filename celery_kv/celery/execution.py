@@ -25,7 +25,6 @@ from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
-from redis.exceptions import OutOfMemoryError
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -361,7 +360,7 @@ class Execution:
         deadline = self.policy.completion_deadline
         retrying = Retrying(
             # unreachable, or full under noeviction until an operator frees memory
-            retry=retry_if_exception_type((CoordinationUnavailable, OutOfMemoryError)),
+            retry=retry_if_exception_type(CoordinationUnavailable),  # CoordinationFull too
             stop=stop_after_delay(deadline),
             wait=wait_random_exponential(multiplier=0.25, max=5.0),
             before_sleep=lambda state: log.warning(
@@ -372,7 +371,7 @@ class Execution:
         )
         try:
             return retrying(final)
-        except (CoordinationUnavailable, OutOfMemoryError) as exc:
+        except CoordinationUnavailable as exc:
             log.error("task %s[%s]: gave up storing the outcome of a body that ran after "
                       "kv_completion_deadline=%ss: %s; once its lease lapses a duplicate "
                       "runs it again", self.policy.name, run.task_id, deadline, exc)

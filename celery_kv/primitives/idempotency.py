@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from redis.exceptions import OutOfMemoryError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from ..errors import (
@@ -162,7 +161,7 @@ class Idempotency:
         """
         args = [owner, raw, to_ms(self.ttl), fingerprint]
         retrying = Retrying(
-            retry=retry_if_exception_type((CoordinationUnavailable, OutOfMemoryError)),
+            retry=retry_if_exception_type(CoordinationUnavailable),  # CoordinationFull too
             stop=stop_after_delay(self.completion_deadline),
             wait=wait_random_exponential(multiplier=0.25, max=5.0),
             before_sleep=lambda state: log.warning(

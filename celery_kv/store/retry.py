@@ -23,7 +23,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..errors import CoordinationMisconfigured, CoordinationUnavailable, KVError
+from ..errors import CoordinationFull, CoordinationMisconfigured, CoordinationUnavailable, KVError
 
 log = logging.getLogger("celery_kv.store")
 T = TypeVar("T")
@@ -154,6 +154,9 @@ class RetryPolicy:
 
 def _refused(operation: str, exc: rexc.ResponseError) -> None:
     """Raise ``CoordinationMisconfigured`` when a ResponseError is the server refusing this
-    client (ACL, AUTH); any other ResponseError is the caller's own and goes on as it is."""
+    client (ACL, AUTH), ``CoordinationFull`` when it is out of memory; any other
+    ResponseError is the caller's own and goes on as it is."""
     if misconfiguration(exc) is not None:
         raise as_kv_error(operation, exc) from exc
+    if isinstance(exc, rexc.OutOfMemoryError) or str(exc).startswith("OOM "):
+        raise CoordinationFull(operation, str(exc)) from exc

@@ -20,7 +20,7 @@ import pytest
 import redis
 from celery import Celery
 
-from celery_kv import IdempotencyOutcomeUnknown
+from celery_kv import CoordinationFull, IdempotencyOutcomeUnknown
 from celery_kv.celery.install import installed
 from celery_kv.celery.keys import task_id_of
 from celery_kv.testing import RedisServer, start_server
@@ -194,3 +194,33 @@ def test_a_killed_run_leaves_ran_result_unknown_and_no_duplicate_runs_it(
     fx.set(f"fx:{tag}:go", 1)
     assert task.delay(tag, 4).get(timeout=30) == 8
     assert count(fx, tag) == 2
+
+
+def test_a_full_redis_refuses_new_calls_clearly_and_queued_work_waits_for_memory(
+    cut_env: Env, cut_worker: Worker, proxy: CuttableProxy, kv_server: RedisServer,
+    fx: redis.Redis, tag: str
+) -> None:
+    """Under ``noeviction`` with memory full: a new call gets ``CoordinationFull`` naming
+    the task and its key, and leaves nothing behind; a call queued before waits, as in an
+    outage, and runs once memory frees."""
+    app: Celery = dataclasses.replace(cut_env, kv=cut_env.kv.replace(
+        f":{proxy.port}/", f":{proxy.target_port}/")).app("ckv-cut")
+    task: Any = app.tasks["t.idem_gate"]
+    fx.set(f"fx:{tag}:go", 1)
+    admin = redis.Redis(port=kv_server.port)
+    keys_before = admin.dbsize()
+    queued = task.apply_async((tag, 10), countdown=1.0)  # claimed now, starts when full
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(CoordinationFull, match=r"t\.idem_gate") as info:
+            task.delay(tag, 9)
+        assert "idempotency key" in str(info.value) and "noeviction" in str(info.value)
+        assert admin.dbsize() == keys_before + 1, "the refused call left nothing behind"
+        wait_for(lambda: "Redis is full" in cut_worker.log_text(), 20,
+                 "the queued call to find Redis full at its start")
+        assert count(fx, tag) == 0
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert queued.get(timeout=60) == 20
+    assert count(fx, tag) == 1
