@@ -4,6 +4,7 @@ misconfiguration, raised at once, never an outage that is retried or run uncoord
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -274,5 +275,22 @@ def test_celery_report_masks_kv_redis_url(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert run.returncode == 0, run.stderr
-    assert "kv_redis_url: 'redis://u:***@127.0.0.1:1/1?password=***'" in run.stdout
+    assert "kv_redis_url: '********'" in run.stdout
     assert_hidden(run.stdout + run.stderr)
+
+
+def test_celery_inspect_conf_masks_kv_redis_url() -> None:
+    """``celery inspect conf``: a worker answers with ``jsonify(app.conf.table())``, which
+    writes a str (a ``MaskedURL`` too) as it is: the name must be censored."""
+    from celery import Celery
+    from celery.utils.serialization import jsonify
+
+    from celery_kv import install
+
+    app = Celery("inspected", broker="memory://", set_as_current=False)
+    app.conf.kv_redis_url = f"redis://u:{PW}@127.0.0.1:1/1"
+    install(app)
+    answer = json.dumps(jsonify(app.conf.table(with_defaults=True), unknown_type_filter=repr))
+    assert "kv_redis_url" in answer
+    assert_hidden(answer)
+    assert str(app.conf.kv_redis_url) == f"redis://u:{PW}@127.0.0.1:1/1", "the value is kept"

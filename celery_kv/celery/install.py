@@ -21,10 +21,12 @@ releases its keys itself at its end).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Any
 
 from celery import signals as celery_signals
+from celery.app import utils as app_utils
 
 from ..kv import KV
 from ..store.urls import MaskedURL
@@ -69,11 +71,16 @@ class Installed:
 
 
 def _mask_in_reports(conf: Any) -> None:
-    """Keep ``kv_redis_url`` as a ``MaskedURL``: ``celery report`` prints its password masked.
+    """Hide ``kv_redis_url`` wherever Celery shows its settings.
 
-    Celery censors only settings whose names look secret (``HIDDEN_SETTINGS``), and prints
-    the rest with ``repr``. The value stays equal to the URL for everything else.
+    Celery censors the settings whose names match ``celery.app.utils.HIDDEN_SETTINGS``
+    (``celery report`` and ``celery inspect conf`` both go through it), and ours does not
+    look secret: add it to that pattern. The value is also kept as a ``MaskedURL``, whose
+    ``repr`` (logs, tracebacks) hides the password; it stays equal to the URL otherwise.
     """
+    if not app_utils.HIDDEN_SETTINGS.search("kv_redis_url"):
+        app_utils.HIDDEN_SETTINGS = re.compile(
+            f"{app_utils.HIDDEN_SETTINGS.pattern}|KV_REDIS_URL", app_utils.HIDDEN_SETTINGS.flags)
     # with config_from_object(namespace="CELERY") the setting is CELERY_KV_REDIS_URL
     for key in [k for k in conf if str(k).lower().endswith("kv_redis_url")]:
         url = conf.get(key)
