@@ -38,7 +38,8 @@ _TLS_HINT = (
 )
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from, outermost first."""
     seen: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in seen:
@@ -50,7 +51,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
 def acl_denial(exc: BaseException) -> BaseException | None:
     """The ACL refusal behind ``exc``, if that is what it is: NOPERM for a command, or the
     ResponseError a script gets when it calls a command or key its user may not use."""
-    for cause in _causes(exc):
+    for cause in causes(exc):
         text = str(cause)
         if (isinstance(cause, rexc.NoPermissionError) or text.startswith("NOPERM")
                 or "The user executing the script can't" in text):
@@ -70,7 +71,7 @@ def misconfiguration(exc: BaseException) -> str | None:
     if denial is not None:
         return (f"the ACL user may not do this ({denial}); give it the rules that "
                 "celery_kv.store.acl.acl_rules(prefix) prints (celery kv doctor shows them)")
-    for cause in _causes(exc):
+    for cause in causes(exc):
         text = str(cause)
         if isinstance(cause, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError
                       ) or text.startswith(("WRONGPASS", "NOAUTH")):

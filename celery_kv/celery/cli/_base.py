@@ -18,7 +18,7 @@ from ...kv import KV
 from ...store import is_cluster
 from ...store.acl import acl_rules
 from ...store.keys import validate_prefix
-from ...store.retry import acl_denial
+from ...store.retry import acl_denial, causes
 from ...store.urls import mask_url, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -152,16 +152,6 @@ def feature_of(task: Any, feature: str, option: str) -> Any:
 
 
 # -- one-line errors -----------------------------------------------------------------------------
-
-
-def causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the exceptions it was raised from, outermost first."""
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
 
 
 denied = acl_denial  # the ACL refusal behind an error, if that is what it is
