@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from celery_kv import KV, IdempotencyInProgress
+from celery_kv import KV, IdempotencyInProgress, IdempotencyOutcomeUnknown
 from celery_kv.store import identity
 
 from . import _primitive_workers as workers
@@ -96,9 +96,11 @@ def test_idempotent_effect_happens_exactly_once(kv: KV, redis_url: str, procs: l
     assert idem.run("order-42", lambda _order: pytest.fail("ran twice"), 42) == finals[0]
 
 
-def test_a_sigkilled_runner_frees_the_key_after_its_lease(
+def test_a_sigkilled_runner_leaves_ran_result_unknown_after_its_lease(
     kv: KV, redis_url: str, procs: list[Any]
 ) -> None:
+    """Its effect may have happened: after its lease the key says so, and no caller runs
+    the effect again until the key is forgotten."""
     lease = 1.5
     counter, marker = kv.store.keys.key("test", "charges"), kv.store.keys.key("test", "started")
     idem = kv.idempotency("pay", ttl=60.0, lease=lease)
@@ -114,17 +116,24 @@ def test_a_sigkilled_runner_frees_the_key_after_its_lease(
     runner.join(10)
     killed = server_time(kv)
 
-    def run_again() -> Any:
+    def refused() -> Any:
         try:
-            return idem.run("k", lambda: workers.effect(kv, counter) and "second")
+            idem.run("k", lambda: workers.effect(kv, counter) and "second")
         except IdempotencyInProgress as exc:
             assert exc.holder == state.owner
             return None
+        except IdempotencyOutcomeUnknown as exc:
+            assert exc.holder == state.owner
+            return exc
+        raise AssertionError("a caller ran the key again")
 
-    assert wait_until(run_again, timeout=30, every=0.05) == "second"
-    freed = server_time(kv)
-    assert freed - killed <= lease + 3.0
-    assert int(kv.store.client.get(counter)) == 2  # the killed run's effect, and the retry's
+    wait_until(refused, timeout=30, every=0.05)
+    assert server_time(kv) - killed <= lease + 3.0
+    assert idem.state("k").status == "unknown"
+    assert int(kv.store.client.get(counter)) == 1  # the killed run's effect only
+    assert idem.forget("k")  # an operator who checked the effect
+    assert idem.run("k", lambda: workers.effect(kv, counter) and "second") == "second"
+    assert int(kv.store.client.get(counter)) == 2
 
 
 def test_a_waiter_takes_over_from_a_sigkilled_computer(

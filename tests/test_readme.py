@@ -6,6 +6,7 @@ import pathlib
 import re
 
 import pytest
+from celery import _state as celery_state
 
 from celery_kv.testing import RedisServer
 
@@ -41,4 +42,11 @@ def test_python_block_runs(line: int, code: str, redis_srv: RedisServer) -> None
     # The README shows the usual local URL; the test points it at the session's own server.
     code = code.replace("redis://127.0.0.1:6379/0", redis_srv.url)
     namespace: dict[str, object] = {"__name__": f"readme_line_{line}"}
-    exec(compile(code, f"README.md:{line}", "exec"), namespace)
+    # A block's @app.task is shared (Celery's default): Celery keeps its constructor for
+    # every app made later in this process, and a block that shows a refused definition
+    # would make each of them fail. Each block is a program of its own: forget them after.
+    finalizers = set(celery_state._on_app_finalizers)
+    try:
+        exec(compile(code, f"README.md:{line}", "exec"), namespace)
+    finally:
+        celery_state._on_app_finalizers.intersection_update(finalizers)
