@@ -25,18 +25,13 @@ from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from .. import signals
 from ..errors import CoordinationUnavailable, LockLost
 from ..primitives._arguments import text, to_ms
 from ..primitives.heartbeat import Heartbeat
 from ..store import Step, codec
+from ..store.retry import keep_trying
 from .context import HEADER, Run, header_of
 from .features.base import FAILED, Block, Feature, Outcome, Skip, Wait
 from .keys import as_mapping
@@ -358,23 +353,13 @@ class Execution:
         if not must_land:
             return _quietly(final, "release the keys at the final outcome")
         deadline = self.policy.completion_deadline
-        retrying = Retrying(
-            # unreachable, or full under noeviction until an operator frees memory
-            retry=retry_if_exception_type(CoordinationUnavailable),  # CoordinationFull too
-            stop=stop_after_delay(deadline),
-            wait=wait_random_exponential(multiplier=0.25, max=5.0),
-            before_sleep=lambda state: log.warning(
-                "task %s[%s]: the body ran but its outcome is not stored yet (%s); "
-                "retrying for up to %ss", self.policy.name, run.task_id,
-                state.outcome.exception() if state.outcome else "?", deadline),
-            reraise=True,
-        )
         try:
-            return retrying(final)
+            return keep_trying(final, deadline, f"task {self.policy.name}[{run.task_id}]: "
+                               "the outcome of a body that ran")
         except CoordinationUnavailable as exc:
             log.error("task %s[%s]: gave up storing the outcome of a body that ran after "
-                      "kv_completion_deadline=%ss: %s; once its lease lapses a duplicate "
-                      "runs it again", self.policy.name, run.task_id, deadline, exc)
+                      "kv_completion_deadline=%ss: %s; once its lease lapses the key says "
+                      "'ran, result unknown'", self.policy.name, run.task_id, deadline, exc)
             return None
         except Exception as exc:
             log.warning("celery-kv: could not store the final outcome: %s", exc)

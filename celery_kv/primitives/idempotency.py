@@ -31,10 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
-
 from ..errors import (
-    CoordinationUnavailable,
     IdempotencyInProgress,
     IdempotencyKeyReused,
     IdempotencyOutcomeUnknown,
@@ -42,6 +39,7 @@ from ..errors import (
 from ..store import Store, codec
 from ..store import fingerprint as digest
 from ..store.keys import validate_namespace
+from ..store.retry import keep_trying
 from ._arguments import positive_seconds, short, text, to_ms
 from .heartbeat import Heartbeat
 
@@ -160,17 +158,9 @@ class Idempotency:
         a lease that lapsed meanwhile is completed all the same if nobody took the key).
         """
         args = [owner, raw, to_ms(self.ttl), fingerprint]
-        retrying = Retrying(
-            retry=retry_if_exception_type(CoordinationUnavailable),  # CoordinationFull too
-            stop=stop_after_delay(self.completion_deadline),
-            wait=wait_random_exponential(multiplier=0.25, max=5.0),
-            before_sleep=lambda state: log.warning(
-                "%s: the body ran but its outcome is not stored yet; retrying for up to %ss",
-                self._what(key), self.completion_deadline),
-            reraise=True,
-        )
-        stored = int(retrying(
-            lambda: self.store.run("idempotency_complete", [self._record(key)], args)))
+        stored = int(keep_trying(
+            lambda: self.store.run("idempotency_complete", [self._record(key)], args),
+            self.completion_deadline, f"the outcome of {self._what(key)}, whose body ran"))
         if stored == 2:
             log.warning("%s: stored the outcome after its lease had lapsed", self._what(key))
         return stored

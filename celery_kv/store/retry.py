@@ -19,6 +19,7 @@ from tenacity import (
     Retrying,
     before_sleep_log,
     retry_if_exception,
+    retry_if_exception_type,
     stop_after_delay,
     wait_random_exponential,
 )
@@ -161,3 +162,22 @@ def _refused(operation: str, exc: rexc.ResponseError) -> None:
         raise as_kv_error(operation, exc) from exc
     if isinstance(exc, rexc.OutOfMemoryError) or str(exc).startswith("OOM "):
         raise CoordinationFull(operation, str(exc)) from exc
+
+
+def keep_trying(fn: Callable[[], T], deadline: float, what: str) -> T:
+    """Call ``fn`` until Redis answers (an outage, or a full Redis, passes), for up to
+    ``deadline`` seconds; then raise the last ``CoordinationUnavailable``.
+
+    For what must not be lost to a short outage (a body's outcome), where the ordinary
+    ``kv_retry_deadline`` of a decision is too short.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception_type(CoordinationUnavailable),  # CoordinationFull too
+        stop=stop_after_delay(deadline),
+        wait=wait_random_exponential(multiplier=0.25, max=5.0),
+        before_sleep=lambda state: log.warning(
+            "%s: not stored yet (%s); retrying for up to %ss", what,
+            state.outcome.exception() if state.outcome else "?", deadline),
+        reraise=True,
+    )
+    return retrying(fn)

@@ -146,7 +146,7 @@ def test_an_outcome_refused_by_a_full_redis_lands_once_memory_frees(
     admin = redis.Redis(port=kv_server.port)
     admin.config_set("maxmemory-policy", "noeviction")
     admin.config_set("maxmemory", 1)
-    retrying = "its outcome is not stored yet"
+    retrying = "the outcome of a body that ran: not stored yet"
     before = cut_worker.log_text().count(retrying)
     try:
         fx.set(f"fx:{tag}:go", 1)  # the body ends now; its outcome cannot be written
