@@ -28,7 +28,7 @@ import pytest
 import redis
 from celery import Celery
 
-from celery_kv.testing import RedisServer
+from celery_kv.testing import RedisServer, start_server
 from tests.celery.apps import make_app
 from tests.conftest import wait_for
 
@@ -106,6 +106,16 @@ class Worker:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         self.log.close()
+
+
+@pytest.fixture(scope="module")
+def kv_server() -> Iterator[RedisServer]:
+    """A coordination Redis for one module alone: its tests stop, cut or fill it."""
+    server = start_server()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

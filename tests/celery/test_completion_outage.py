@@ -23,7 +23,7 @@ from celery import Celery
 from celery_kv import CoordinationFull, IdempotencyOutcomeUnknown
 from celery_kv.celery.install import installed
 from celery_kv.celery.keys import task_id_of
-from celery_kv.testing import RedisServer, start_server
+from celery_kv.testing import RedisServer
 from tests.celery.conftest import Env, Worker, count
 from tests.celery.test_enqueue import idem_state
 from tests.conftest import wait_for
@@ -32,16 +32,6 @@ from tests.proxy import CuttableProxy
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 CUT = 8.0  # longer than the lease (2 s) and kv_retry_deadline (0.5 s)
-
-
-@pytest.fixture(scope="module")
-def kv_server() -> Iterator[RedisServer]:
-    """The coordination Redis of these tests alone: they cut it off and fill it up."""
-    server = start_server()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +60,15 @@ def cut_worker(cut_env: Env) -> Iterator[Worker]:
         started.stop()
 
 
+@pytest.fixture(scope="module")
+def app(cut_env: Env, kv_server: RedisServer) -> Celery:
+    """The test process's app: it reaches Redis directly; only the worker is cut off."""
+    return dataclasses.replace(cut_env, kv=kv_server.url).app("ckv-cut")
+
+
 def test_an_outcome_that_could_not_be_stored_lands_after_the_outage(
-    cut_env: Env, cut_worker: Worker, proxy: CuttableProxy, fx: redis.Redis, tag: str
+    app: Celery, cut_worker: Worker, proxy: CuttableProxy, fx: redis.Redis, tag: str
 ) -> None:
-    # The test process talks to Redis directly; only the worker goes through the proxy.
-    app: Celery = dataclasses.replace(cut_env, kv=cut_env.kv.replace(
-        f":{proxy.port}/", f":{proxy.target_port}/")).app("ckv-cut")
     task: Any = app.tasks["t.idem_gate"]
     first = task.delay(tag, 21)
     wait_for(lambda: count(fx, tag) == 1, 20, "the body to start")
@@ -101,13 +94,11 @@ def test_an_outcome_that_could_not_be_stored_lands_after_the_outage(
 
 
 def test_a_failed_runs_claim_is_released_at_its_failure_even_when_redis_is_full(
-    cut_env: Env, cut_worker: Worker, proxy: CuttableProxy, kv_server: RedisServer,
+    app: Celery, cut_worker: Worker, proxy: CuttableProxy, kv_server: RedisServer,
     fx: redis.Redis, tag: str
 ) -> None:
     """F3: under ``noeviction`` with memory full, a final failure still frees the key (the
     release deletes, which Redis allows when full), so the same call runs again at once."""
-    app: Celery = dataclasses.replace(cut_env, kv=cut_env.kv.replace(
-        f":{proxy.port}/", f":{proxy.target_port}/")).app("ckv-cut")
     task: Any = app.tasks["t.idem_gate"]
     first = task.delay(tag, 5, True)
     wait_for(lambda: count(fx, tag) == 1, 20, "the body to start")
@@ -132,14 +123,12 @@ def test_a_failed_runs_claim_is_released_at_its_failure_even_when_redis_is_full(
 
 
 def test_an_outcome_refused_by_a_full_redis_lands_once_memory_frees(
-    cut_env: Env, cut_worker: Worker, proxy: CuttableProxy, kv_server: RedisServer,
+    app: Celery, cut_worker: Worker, proxy: CuttableProxy, kv_server: RedisServer,
     fx: redis.Redis, tag: str
 ) -> None:
     """Full under ``noeviction`` as the body ends: the outcome is retried until memory
     frees. Meanwhile the lease cannot be renewed and lapses: the key says "ran, result
     unknown", and a duplicate is refused rather than run."""
-    app: Celery = dataclasses.replace(cut_env, kv=cut_env.kv.replace(
-        f":{proxy.port}/", f":{proxy.target_port}/")).app("ckv-cut")
     task: Any = app.tasks["t.idem_gate"]
     first = task.delay(tag, 8)
     wait_for(lambda: count(fx, tag) == 1, 20, "the body to start")
@@ -166,13 +155,11 @@ def test_an_outcome_refused_by_a_full_redis_lands_once_memory_frees(
 
 
 def test_a_killed_run_leaves_ran_result_unknown_and_no_duplicate_runs_it(
-    cut_env: Env, proxy: CuttableProxy, fx: redis.Redis, tag: str
+    app: Celery, cut_env: Env, proxy: CuttableProxy, fx: redis.Redis, tag: str
 ) -> None:
     """SIGKILL mid-body (no acks_late: the message is gone). Its effects may have
     happened, so once the lease lapses the key says so: a duplicate is refused, naming
     the run, until an operator forgets the key; then the next call runs."""
-    app: Celery = dataclasses.replace(cut_env, kv=cut_env.kv.replace(
-        f":{proxy.port}/", f":{proxy.target_port}/")).app("ckv-cut")
     task: Any = app.tasks["t.idem_gate"]
     doomed = Worker(cut_env, queues="doomed")
     try:
@@ -197,14 +184,12 @@ def test_a_killed_run_leaves_ran_result_unknown_and_no_duplicate_runs_it(
 
 
 def test_a_full_redis_refuses_new_calls_clearly_and_queued_work_waits_for_memory(
-    cut_env: Env, cut_worker: Worker, proxy: CuttableProxy, kv_server: RedisServer,
+    app: Celery, cut_worker: Worker, proxy: CuttableProxy, kv_server: RedisServer,
     fx: redis.Redis, tag: str
 ) -> None:
     """Under ``noeviction`` with memory full: a new call gets ``CoordinationFull`` naming
     the task and its key, and leaves nothing behind; a call queued before waits, as in an
     outage, and runs once memory frees."""
-    app: Celery = dataclasses.replace(cut_env, kv=cut_env.kv.replace(
-        f":{proxy.port}/", f":{proxy.target_port}/")).app("ckv-cut")
     task: Any = app.tasks["t.idem_gate"]
     fx.set(f"fx:{tag}:go", 1)
     admin = redis.Redis(port=kv_server.port)

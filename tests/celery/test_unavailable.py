@@ -10,20 +10,11 @@ import pytest
 from celery import Celery
 
 from celery_kv import CoordinationUnavailable
-from celery_kv.testing import RedisServer, start_server
+from celery_kv.testing import RedisServer
 from tests.celery.conftest import Env, Worker, count
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def kv_server() -> Iterator[RedisServer]:
-    server = start_server()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

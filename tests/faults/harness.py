@@ -448,6 +448,29 @@ class Scenario:
                          for w in self.workers)
 
 
+def ride_out(s: Scenario, begin: Callable[[], None], end: Callable[[], None],
+             seconds: float) -> Figures:
+    """A fault that lasts ``seconds`` (a pause, a cut) at the scenario's moment; then the
+    stream settles, the idempotent calls are sent again, and nothing may be lost, run
+    twice, failed, refused or over a limit."""
+    with s.producing(plan(s.tag)):
+        s.wait_moment()
+        s.fault_at()
+        begin()
+        try:
+            time.sleep(seconds)  # the fault itself
+        finally:
+            end()
+    s.settle()
+    s.send_again()
+    f = s.measure()
+    assert f.lost == 0, f.detail()
+    assert f.ran_twice == 0, f.detail()
+    assert f.failed == f.wrong == f.refused == 0, f.detail()
+    assert not f.violations, f.detail()
+    return f
+
+
 def check_ledger(runs: list[dict[str, Any]]) -> list[str]:
     """The coordination invariants, held against the ledger: no two runs of one singleton
     group overlap, never more than the concurrency limit at once, never more than the

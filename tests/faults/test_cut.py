@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
 from celery_kv.testing import RedisServer
-from tests.faults.harness import Scenario, plan
+from tests.faults.harness import Scenario, ride_out
 from tests.proxy import CuttableProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.worker, pytest.mark.timeout(300)]
@@ -31,19 +30,5 @@ def test_cut_between_the_workers_and_the_coordination_redis(
     """0 lost, 0 ran twice, no limit exceeded. A cut loses replies of calls Redis did
     run; 10 s is past the retry deadline (5 s) and the leases (3 s)."""
     client = redis.Redis.from_url(coordination.url, decode_responses=True)
-    s = scenario(f"cut {seconds:g} s", proxy.url, client)
-    with s.producing(plan(s.tag)):
-        s.wait_moment()
-        s.fault_at()
-        proxy.cut()
-        try:
-            time.sleep(seconds)  # the cut itself
-        finally:
-            proxy.restore()
-    s.settle()
-    s.send_again()
-    f = s.measure()
-    assert f.lost == 0, f.detail()
-    assert f.ran_twice == 0, f.detail()
-    assert f.failed == f.wrong == f.refused == 0, f.detail()
-    assert not f.violations, f.detail()
+    ride_out(scenario(f"cut {seconds:g} s", proxy.url, client), proxy.cut, proxy.restore,
+             seconds)
