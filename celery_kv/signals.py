@@ -15,7 +15,13 @@ Arguments each signal sends (besides ``sender``):
 - ``lock_contended``: ``task_id``, ``key``, ``holder``, ``feature``
   (``"singleton"`` or ``"concurrency"``);
 - ``lock_lost``: ``task_id``, ``key``, ``feature`` (a heartbeat could not renew a lease);
-- ``cache_hit`` / ``cache_miss``: ``task_id``, ``key``.
+- ``cache_hit`` / ``cache_miss``: ``task_id``, ``key``;
+- ``task_debounced``: ``task_id`` (the burst's, which the trigger's caller gets),
+  ``key``, ``trigger`` (the id the trigger would have had), ``triggers`` (absorbed so
+  far, this one included), ``due_in`` (seconds until the burst runs);
+- ``task_superseded``: ``task_id`` (the newer holder), ``key``, ``superseded`` (the
+  task id that held the key and is told to stop);
+- ``task_replaced``: ``task_id`` (the queued id whose message was replaced), ``key``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ lock_contended = Signal(name="lock_contended")
 lock_lost = Signal(name="lock_lost")
 cache_hit = Signal(name="cache_hit")
 cache_miss = Signal(name="cache_miss")
+task_debounced = Signal(name="task_debounced")
+task_superseded = Signal(name="task_superseded")
+task_replaced = Signal(name="task_replaced")
 
 
 def emit(signal: Any, sender: Any, **named: Any) -> None:
@@ -52,7 +61,10 @@ __all__ = [
     "emit",
     "lock_contended",
     "lock_lost",
+    "task_debounced",
     "task_deduplicated",
     "task_rate_limited",
+    "task_replaced",
     "task_replayed",
+    "task_superseded",
 ]

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 HEADER = "celery_kv"  # the message header that carries the fields
 #: the fields the engine itself owns (each feature declares its own in ``header_fields``)
-ENGINE_FIELDS = ("attempt", "waits", "unavailable_for", "published_duplicate", "replaces")
+ENGINE_FIELDS = ("attempt", "waits", "unavailable_for", "published_duplicate", "duplicate_of",
+                 "replaces")
 
 
 def header_of(request: Any) -> dict[str, Any]:
@@ -68,6 +69,7 @@ class Enqueue(Context):
         self.delay = delay  # a countdown or ETA: the queued claim outlives it
         self.running_id = running_id  # the task id of the run making this call, if any
         self.nonce = uuid.uuid4().hex[:16]
+        self.overrides: dict[str, Any] = {}  # publish options a feature's claim set
 
 
 class Run(Context):

@@ -132,6 +132,9 @@ def _claim_and_publish(ctx: Enqueue, publish: Publish, options: dict[str, Any],
         return publish(ctx.task_id, options)
     last = answer.replies[-1]
     if len(answer.replies) == len(claimed) and _verdict(last) == "ok":
+        for (feature, _), reply in zip(claimed, answer.replies, strict=True):
+            feature.claimed(ctx, reply)
+        options = with_header({**options, **ctx.overrides}, ctx.header)
         return _publish_claimed(ctx, publish, options, claimed)
     feature = claimed[len(answer.replies) - 1][0]
     duplicate = feature.duplicate(ctx, last)
@@ -181,7 +184,8 @@ def _duplicate(ctx: Enqueue, publish: Publish, duplicate: Duplicate, options: di
         log.info("task %s[%s]: duplicate of %s, but its id is held by a caller or a canvas: "
                  "published, resolved at execution", policy.name, ctx.task_id,
                  duplicate.holder)
-        header = {**options["headers"][HEADER], "published_duplicate": True}
+        header = {**options["headers"][HEADER], "published_duplicate": True,
+                  "duplicate_of": duplicate.holder}
         return publish(ctx.task_id, with_header(options, header))
     if duplicate.refuse is not None:
         raise duplicate.refuse

@@ -33,7 +33,7 @@ from ..primitives.heartbeat import Heartbeat
 from ..store import Step, codec
 from ..store.retry import keep_trying
 from .context import HEADER, Run, header_of
-from .features.base import FAILED, Block, Feature, Outcome, Skip, Wait
+from .features.base import FAILED, Block, Drop, Feature, Outcome, Skip, Wait
 from .keys import as_mapping
 from .policy import TaskPolicy
 
@@ -140,7 +140,12 @@ class Execution:
                     action.until()
                     continue
                 if isinstance(action, Skip):
-                    return False, None
+                    return False, action.value
+                if isinstance(action, Drop):
+                    log.info("task %s[%s]: message dropped without running: %s",
+                             policy.name, run.task_id, action.why)
+                    self.finished = True  # no outcome: the task id lives on elsewhere
+                    raise Ignore()
                 self.defer(action)
             for held, reply in zip(owners, answer.replies, strict=False):
                 if held is not None and verdict(reply) == "ok":

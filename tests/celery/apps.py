@@ -326,6 +326,24 @@ def make_app(name: str, broker: str, backend: str, kv_url: str, prefix: str, fx_
         fx.rpush(f"fx:{tag}:ev", json.dumps({"pid": os.getpid(), "client": ident}))
         return [os.getpid(), ident]
 
+    # -- debounce and keep-latest -----------------------------------------------------------
+
+    def burst_body(self: Any, tag: str, x: Any, duration: float = 0.0) -> Any:
+        run_body(tag, duration, x=x, id=self.request.id, fence=self.fence,
+                 triggers=getattr(self.request, "kv_triggers", None))
+        return x
+
+    for name, options in {
+        "t.debounce": {"debounce": 1.0},
+        "t.debounce_max": {"debounce": 1.0, "debounce_max_wait": 3.0},
+        "t.debounce_lead": {"debounce": 1.0, "debounce_edge": "leading"},
+        "t.debounce_kill": {"debounce": 0.5, "lock_ttl": 2.0},
+    }.items():
+        app.task(base=KVTask, shared=False, name=name, bind=True, debounce_key="{tag}",
+                 **options)(burst_body)
+    app.task(base=SingletonTask, shared=False, name="t.latest", bind=True,
+             singleton_mode="latest", singleton_key="{tag}")(burst_body)
+
     # -- unavailable Redis ----------------------------------------------------------------
 
     for policy in ("retry", "run", "raise"):

@@ -82,7 +82,18 @@ class Block:
 
 @dataclass
 class Skip:
-    """End the run as a success with ``None``, without the body (``on_locked="skip"``)."""
+    """End the run as a success with ``value``, without the body (``on_locked="skip"``,
+    or a follower handed the result of the run it joined)."""
+
+    value: Any = None
+
+
+@dataclass
+class Drop:
+    """End this delivery without the body and without an outcome: its task id lives on in
+    another message (a stale timer, a replaced message). Nothing is written for it."""
+
+    why: str
 
 
 class Feature:
@@ -131,6 +142,10 @@ class Feature:
     def confirm(self, ctx: Enqueue) -> Step | None:
         return None
 
+    def claimed(self, ctx: Enqueue, reply: list[Any]) -> None:
+        """The claim phase answered 'ok': adjust the publish (``ctx.task_id``,
+        ``ctx.header``, ``ctx.overrides``) from this feature's reply."""
+
     def duplicate(self, ctx: Enqueue, reply: list[Any]) -> Duplicate:
         raise NotImplementedError
 
@@ -146,7 +161,7 @@ class Feature:
         """The start step answered 'stop': the value that ends the run without the body."""
         raise NotImplementedError
 
-    def denied(self, run: Run, reply: list[Any]) -> Wait | Block | Skip:
+    def denied(self, run: Run, reply: list[Any]) -> Wait | Block | Skip | Drop:
         """The start step answered 'deny' (nothing is held): how the run waits, or raise."""
         raise NotImplementedError
 

@@ -30,8 +30,9 @@ ENABLED = Option("singleton", "at most one instance per key (`True`/`False`)", f
 KEY = Option("singleton_key", "template (`\"{tenant_id}\"`) or callable; default: all "
              "arguments", key_spec)
 MODE = Option("singleton_mode", "`\"queued\"`: one queued-or-running; `\"running\"`: "
-              "duplicates queue but never run at once", choice("queued", "running"),
-              "queued")
+              "duplicates queue but never run at once; `\"latest\"`: one running and one "
+              "pending, a newer call replaces the pending one's arguments (keep-latest)",
+              choice("queued", "running", "latest"), "queued")
 LOCK_TTL = Option("lock_ttl", "running lease of singleton and concurrency slots, renewed "
                   "by a heartbeat; a SIGKILLed worker frees its keys within about this long",
                   seconds, 30.0, "kv_lock_ttl")
@@ -62,6 +63,8 @@ class Singleton(Feature):
         enabled = bool(task.get(ENABLED))
         task.needs(KEY, enabled, "singleton")
         feature = cls(task)  # checks every option, even when off
+        if feature.mode == "latest":
+            return None  # a burst of one pending run: the debounce feature runs it
         return feature if enabled else None
 
     # -- keys ---------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+-- Debounce, execution start: does this message fire its key's burst now?
+-- * The running burst's own task id (an earlier delivery runs it: 'self'; handed back by a
+--   retry, or its lease lapsed with a killed worker: this delivery takes it over, with a
+--   new fence and the arguments the burst fired with).
+-- * The pending burst's task id: a message of an older nonce is 'stale' (replaced or
+--   adopted), one that comes before the due time is 'early' (a later trigger moved it:
+--   it is published again for the new due time), one that finds the previous run going
+--   is 'busy'; otherwise the burst fires: it becomes the running burst, with the latest
+--   trigger's arguments, and the next trigger starts a new burst.
+-- * Another task id published as a duplicate follows the burst it joined ('follow' while
+--   that burst is still to run or running, 'followed' once it is over).
+-- * A message that skipped apply_async (send_task, beat) is a trigger, armed here.
+-- * Run eagerly (apply()), a call runs at once unless the key's run is going.
+-- KEYS[1] burst hash, KEYS[2] fence counter
+-- ARGV[1] run token, ARGV[2] task id, ARGV[3] running lease (ms), ARGV[4] fence counter TTL
+-- (ms), ARGV[5] the message's nonce ('' none), ARGV[6] task id of the burst it follows
+-- ('' none), ARGV[7] its arguments JSON, ARGV[8] debounce (ms), ARGV[9] maximum wait (ms),
+-- ARGV[10] edge, ARGV[11] queued TTL (ms), ARGV[12] how long a handed-back run is kept
+-- (ms), ARGV[13] '1' when run eagerly, ARGV[14] claim lease (ms)
+-- Returns {'ok', fence, arguments JSON, triggers, ms since the first trigger},
+--         {'deny', why, ms to wait, holder task id, message nonce armed here or ''}.
+-- undo: task_burst_hand_back
+-- uses: task_burst_arm burst_expire
+-- retry: safe (a second run by the same token finds the burst its own)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id, token, keep = ARGV[2], ARGV[1], ARGV[11]
+local fields = {'pid', 'pdue', 'pmsg', 'pexp', 'rid', 'rtok', 'rdl', 'rfence', 'rargs', 'rn',
+  'rfirst'}
+
+local function read()
+  local v = redis.call('HMGET', KEYS[1], unpack(fields))
+  local f = {}
+  for i, name in ipairs(fields) do f[name] = v[i] end
+  return f
+end
+
+local function next_fence()
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    local now_us = redis.call('TIME')
+    redis.call('SET', KEYS[2], now_us[1] .. string.format('%06d', tonumber(now_us[2])), 'PX', ARGV[4])
+  end
+  local fence = string.format('%d', redis.call('INCR', KEYS[2]))
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  return fence
+end
+
+local function running(f)
+  return f.rid and tonumber(f.rdl) > now
+end
+
+local function take(rid, args, n, first)
+  local fence = next_fence()
+  redis.call('HSET', KEYS[1], 'rid', rid, 'rtok', token, 'rdl', now + tonumber(ARGV[3]),
+    'rfence', fence, 'rargs', args, 'rn', n, 'rfirst', first)
+  burst_expire(KEYS, {now, keep})
+  return {'ok', fence, args, n, now - tonumber(first)}
+end
+
+local function wait_for(f, why, holder, msg)
+  return {'deny', why, math.max(tonumber(f.rdl or now) - now, 0), holder or '', msg or ''}
+end
+
+local f = read()
+if f.rid == id then
+  if f.rtok == token then
+    return {'ok', f.rfence, f.rargs, f.rn, now - tonumber(f.rfirst)}
+  end
+  if f.rtok ~= '' and running(f) then
+    return wait_for(f, 'self', id)
+  end
+  return take(id, f.rargs, f.rn, f.rfirst)
+end
+
+local armed = ''
+if f.pid ~= id and ARGV[6] == '' and ARGV[5] == '' then
+  if ARGV[13] == '1' then
+    if running(f) then
+      return wait_for(f, 'busy', f.rid)
+    end
+    return take(id, ARGV[7], 1, now)
+  end
+  local reply = task_burst_arm({KEYS[1]}, {id, token, ARGV[8], ARGV[9], ARGV[10], ARGV[7],
+    ARGV[14], 0, keep})
+  if reply[1] == 'deny' then
+    return {'deny', 'follow', reply[3], reply[2], ''}
+  end
+  armed = reply[4]
+  f = read()
+end
+
+if f.pid == id then
+  if ARGV[5] ~= '' and f.pmsg ~= ARGV[5] then
+    return {'deny', 'stale', 0, id, ''}
+  end
+  local due = tonumber(f.pdue)
+  if due > now then
+    redis.call('HSET', KEYS[1], 'pexp', math.max(tonumber(f.pexp), due + tonumber(keep)))
+    burst_expire(KEYS, {now, keep})
+    return {'deny', 'early', due - now, id, armed}
+  end
+  if running(f) then
+    redis.call('HSET', KEYS[1], 'pexp', math.max(tonumber(f.pexp), tonumber(f.rdl) + tonumber(keep)))
+    burst_expire(KEYS, {now, keep})
+    return wait_for(f, 'busy', f.rid, armed)
+  end
+  local p = redis.call('HMGET', KEYS[1], 'pargs', 'pn', 'pfirst')
+  redis.call('HDEL', KEYS[1], 'pid', 'pnonce', 'pmsg', 'pargs', 'pfirst', 'pdue', 'pmax', 'pn',
+    'pexp')
+  return take(id, p[1], p[2], p[3])
+end
+
+local holder = ARGV[6]
+if holder == '' then
+  -- a message of this key's bursts whose burst is gone (the record lapsed): it still runs
+  if running(f) then
+    return wait_for(f, 'busy', f.rid)
+  end
+  return take(id, ARGV[7], 1, now)
+end
+if holder == f.pid then
+  return {'deny', 'follow', math.max(tonumber(f.pdue) - now, 0), holder, ''}
+end
+if holder == f.rid then
+  return wait_for(f, 'follow', holder)
+end
+return {'deny', 'followed', 0, holder, ''}
