@@ -337,10 +337,20 @@ def make_app(name: str, broker: str, backend: str, kv_url: str, prefix: str, fx_
         "t.debounce": {"debounce": 1.0},
         "t.debounce_max": {"debounce": 1.0, "debounce_max_wait": 3.0},
         "t.debounce_lead": {"debounce": 1.0, "debounce_edge": "leading"},
-        "t.debounce_kill": {"debounce": 0.5, "lock_ttl": 2.0},
     }.items():
         app.task(base=KVTask, shared=False, name=name, bind=True, debounce_key="{tag}",
                  **options)(burst_body)
+
+    @app.task(base=KVTask, shared=False, name="t.debounce_kill", bind=True, debounce=1.5,
+              debounce_key="{tag}", lock_ttl=2.0, acks_late=True, reject_on_worker_lost=True)
+    def debounce_kill(self: Any, tag: str, x: int) -> int:
+        """Blocks until ``fx:<tag>:go`` is set (the test SIGKILLs it meanwhile)."""
+        fx.rpush(f"fx:{tag}:starts", json.dumps({"at": now(fx), "x": x, "pid": os.getpid()}))
+        deadline = time.monotonic() + 60
+        while not fx.get(f"fx:{tag}:go") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run_body(tag, x=x, id=self.request.id, fence=self.fence)
+        return x
     app.task(base=SingletonTask, shared=False, name="t.latest", bind=True,
              singleton_mode="latest", singleton_key="{tag}")(burst_body)
 

@@ -6,7 +6,10 @@
 --   adopted), one that comes before the due time is 'early' (a later trigger moved it:
 --   it is published again for the new due time), one that finds the previous run going
 --   is 'busy'; otherwise the burst fires: it becomes the running burst, with the latest
---   trigger's arguments, and the next trigger starts a new burst.
+--   trigger's arguments, and the next trigger starts a new burst. When it fires over a run
+--   whose lease lapsed, that run's task id (lid) follows this one (lby): its triggers are
+--   covered by these newer arguments, and a redelivery of its message must not run the
+--   older ones.
 -- * Another task id published as a duplicate follows the burst it joined ('follow' while
 --   that burst is still to run or running, 'followed' once it is over).
 -- * A message that skipped apply_async (send_task, beat) is a trigger, armed here.
@@ -26,7 +29,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, token, keep = ARGV[2], ARGV[1], ARGV[11]
 local fields = {'pid', 'pdue', 'pmsg', 'pexp', 'rid', 'rtok', 'rdl', 'rfence', 'rargs', 'rn',
-  'rfirst'}
+  'rfirst', 'lid', 'lby'}
 
 local function read()
   local v = redis.call('HMGET', KEYS[1], unpack(fields))
@@ -104,6 +107,11 @@ if f.pid == id then
     burst_expire(KEYS, {now, keep})
     return wait_for(f, 'busy', f.rid, armed)
   end
+  if f.rid then
+    -- the run before lapsed (a killed worker): this burst, with newer arguments, covers its
+    -- triggers too, so a redelivery of its message follows this run instead of running
+    redis.call('HSET', KEYS[1], 'lid', f.rid, 'lby', id, 'lexp', now + tonumber(keep))
+  end
   local p = redis.call('HMGET', KEYS[1], 'pargs', 'pn', 'pfirst')
   redis.call('HDEL', KEYS[1], 'pid', 'pnonce', 'pmsg', 'pargs', 'pfirst', 'pdue', 'pmax', 'pn',
     'pexp')
@@ -111,6 +119,9 @@ if f.pid == id then
 end
 
 local holder = ARGV[6]
+if holder == '' and f.lid == id then
+  holder = f.lby
+end
 if holder == '' then
   -- a message of this key's bursts whose burst is gone (the record lapsed): it still runs
   if running(f) then
