@@ -58,6 +58,12 @@ INVOICES_PER_TENANT = 15
 REBUILD_TENANTS = ("acme", "globex")
 REBUILD_TRIGGERS = 15  # per tenant: beat and impatient admins
 PAGE_VIEWS_PER_SKU = 10
+REINDEX_TENANTS = TENANTS
+REINDEX_SAVES = 20  # per tenant: an admin saving the catalogue again and again
+REINDEX_GAP = 0.12  # seconds between two rounds of saves: each burst outlasts the max wait
+# How much later than the maximum wait a burst may start: the previous run of its key is
+# still going (a burst fires only when it ends), or every pool slot is busy.
+REINDEX_SLACK = 1.0
 
 
 class Interrupted(BaseException):
@@ -246,6 +252,16 @@ def wait_for_workers(app: Any, names: list[str] | None, count: int, workers: lis
 
 
 @dataclass
+class Save:
+    """One catalogue save: the version sent, when (Redis server time), and its AsyncResult."""
+
+    tenant: str
+    version: int
+    sent_at: float
+    result: Any
+
+
+@dataclass
 class Sent:
     """What the demo sent: every AsyncResult, grouped by feature."""
 
@@ -255,6 +271,7 @@ class Sent:
     invoices: list[Any] = field(default_factory=list)
     rebuilds: list[Any] = field(default_factory=list)
     prices: list[tuple[str, Any]] = field(default_factory=list)
+    saves: list[Save] = field(default_factory=list)
     sessions: dict[str, str] = field(default_factory=dict)  # session id -> order id
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -265,7 +282,8 @@ class Sent:
 
     def results(self) -> list[Any]:
         with self.lock:
-            return [*self.charges, *self.invoices, *self.rebuilds, *(r for _, r in self.prices)]
+            return [*self.charges, *self.invoices, *self.rebuilds, *(r for _, r in self.prices),
+                    *(s.result for s in self.saves)]
 
 
 def _guard(sent: Sent, fn: Callable[[], None]) -> Callable[[], None]:
@@ -281,7 +299,8 @@ def _guard(sent: Sent, fn: Callable[[], None]) -> Callable[[], None]:
 
 def send_burst(stop: threading.Event) -> tuple[Sent, list[threading.Thread]]:
     """Start the traffic in threads, as concurrent web requests and beat would send it."""
-    from examples.billing import tasks, web
+    from examples.billing import journal, tasks, web
+    from examples.billing.app import kv
 
     sent = Sent()
     for t_index, tenant in enumerate(TENANTS):
@@ -319,7 +338,18 @@ def send_burst(stop: threading.Event) -> tuple[Sent, list[threading.Thread]]:
             for sku in tasks.PRICES:
                 sent.add(sent.prices, (sku, web.product_page(sku)))
 
-    jobs = [*[pay_all] * PAY_DEVICES, webhooks, invoices, rebuilds, pages, pages]
+    def catalogue_saves() -> None:
+        for version in range(1, REINDEX_SAVES + 1):
+            if stop.is_set():
+                return
+            for tenant in REINDEX_TENANTS:
+                sent_at = journal.server_time(kv)  # before the send: its run starts later
+                result = tasks.reindex_search.delay(tenant, version)
+                sent.add(sent.saves, Save(tenant, version, sent_at, result))
+            stop.wait(REINDEX_GAP)
+
+    jobs = [*[pay_all] * PAY_DEVICES, webhooks, invoices, rebuilds, pages, pages,
+            catalogue_saves]
     threads = [threading.Thread(target=_guard(sent, job), daemon=True, name=job.__name__)
                for job in jobs]
     for thread in threads:
@@ -370,12 +400,13 @@ def wait_for_results(sent: Sent, threads: list[threading.Thread], kv: Any, deadl
                 done.add(task_id)
         left = [i for i in pending if i not in done]
         counts = {kind: journal.count(kv, kind)
-                  for kind in ("charge", "partner", "rebuild", "price")}
+                  for kind in ("charge", "partner", "rebuild", "price", "reindex")}
         finished = not sending and not left
         progress.show(
             f"[{time.monotonic() - started:4.1f}s] sent {len(sent.results())} | ran: "
             f"charges {counts['charge']}, partner calls {counts['partner']}, "
-            f"rebuilds {counts['rebuild']}, prices {counts['price']} | pending {len(left)}",
+            f"rebuilds {counts['rebuild']}, prices {counts['price']}, "
+            f"reindexes {counts['reindex']} | pending {len(left)}",
             force=finished,
         )
         if finished:
@@ -556,6 +587,84 @@ def check_prices(sent: Sent, kv: Any) -> Row:
                f"hit ratio {ratio:.0%}", problems)
 
 
+def _reindex_answers(saves: list[Save], runs: dict[str, dict[str, Any]]
+                     ) -> tuple[list[str], Counter[str], dict[str, float]]:
+    """What each save was answered with, against the run its task id names: problems, how
+    many saves each run answered, and when each run's first save was sent."""
+    lost: list[Save] = []
+    older, other, early = [], [], []
+    held: Counter[str] = Counter()
+    first_sent: dict[str, float] = {}
+    for save in saves:
+        run_id = save.result.id
+        run, value = runs.get(run_id), _result(save.result)
+        if run is None:
+            lost.append(save)
+            continue
+        held[run_id] += 1
+        first_sent[run_id] = min(first_sent.get(run_id, save.sent_at), save.sent_at)
+        if not isinstance(value, int) or value < save.version:
+            older.append(f"{save.tenant} v{save.version} got {value!r}")
+        elif value != run["version"]:
+            other.append(f"{save.tenant} v{save.version} got {value!r}, not v{run['version']}")
+        if run["start"] < save.sent_at:
+            early.append(f"{save.tenant} v{save.version}")
+    problems = []
+    if lost:
+        problems.append(f"{len(lost)} saves answered by no run, e.g. {lost[0].tenant} "
+                        f"v{lost[0].version}")
+    if older:
+        problems.append(f"{len(older)} saves handed an OLDER version: {', '.join(older[:3])}")
+    if other:
+        problems.append(f"{len(other)} saves handed another version than their run indexed: "
+                        f"{', '.join(other[:3])}")
+    if early:
+        problems.append(f"{len(early)} saves answered by a run that started BEFORE them: "
+                        f"{', '.join(early[:3])}")
+    return problems, held, first_sent
+
+
+def check_reindex(sent: Sent, kv: Any) -> Row:
+    """Debounced reindexing, per tenant: every save answered by a run that started after it
+    and indexed its version or a later one; runs never overlap; the runs cover exactly the
+    saves sent, far fewer of them; the last run indexed the last version; no burst waits
+    much past its maximum wait."""
+    from examples.billing import journal, tasks
+
+    runs = {e["task_id"]: e for e in journal.read(kv, "reindex")}
+    saves = list(sent.saves)
+    problems = failures([s.result for s in saves])
+    answers, held, first_sent = _reindex_answers(saves, runs)
+    problems += answers
+    if miscounted := sorted(f"{r['tenant']} v{r['version']}: {r['triggers']} != {held[i]}"
+                            for i, r in runs.items() if r["triggers"] != held[i]):
+        problems.append(f"kv_triggers differ from the saves answered: {', '.join(miscounted[:3])}")
+    if (covered := sum(r["triggers"] for r in runs.values())) != len(saves):
+        problems.append(f"the runs cover {covered} triggers, {len(saves)} were sent")
+    overlap = 0
+    for tenant in REINDEX_TENANTS:
+        mine = sorted((r["start"], r["end"], r["version"]) for r in runs.values()
+                      if r["tenant"] == tenant)
+        overlap = max(overlap, max_overlap([(s, e) for s, e, _ in mine]))
+        last = max((s.version for s in saves if s.tenant == tenant), default=None)
+        if mine and mine[-1][2] != last:
+            problems.append(f"{tenant}: the last run indexed v{mine[-1][2]}, the last save "
+                            f"was v{last}")
+        elif not mine and last is not None:
+            problems.append(f"{tenant}: never reindexed")
+    if overlap > 1:
+        problems.append(f"{overlap} runs of one tenant at once")
+    if len(runs) * 3 > len(saves):
+        problems.append(f"{len(runs)} runs for {len(saves)} saves: too few absorbed")
+    longest = max((runs[i]["start"] - t for i, t in first_sent.items()), default=0.0)
+    if longest > tasks.REINDEX_MAX_WAIT + REINDEX_SLACK:
+        problems.append(f"a burst started {longest:.2f}s after its first save (max wait "
+                        f"{tasks.REINDEX_MAX_WAIT}s + {REINDEX_SLACK}s slack)")
+    return Row("catalogue reindex (debounce)", len(saves), len(runs), len(saves) - len(runs),
+               "last version, 1 at a time",
+               f"max overlap {overlap}, waits <= {longest:.1f}s", problems)
+
+
 def report(rows: list[Row]) -> str:
     """The table, then what went wrong for each row that failed."""
     from celery_kv.celery.cli import table
@@ -640,7 +749,7 @@ def _run(args: argparse.Namespace, run_id: str, prefix: str, began: float,
     for thread in threads:
         thread.join(timeout=5)
     rows = [*check_charges(sent, kv), check_partner(sent, kv), check_rebuilds(sent, kv),
-            check_prices(sent, kv)]
+            check_prices(sent, kv), check_reindex(sent, kv)]
     if left:
         rows.append(Row("completion", len(sent.results()), "-", "-",
                         f"all done in {args.timeout:.0f}s", f"{len(left)} pending",

@@ -125,7 +125,8 @@ def test_demo_runs_end_to_end_and_every_check_passes(demo_srv: RedisServer, run_
     table = out[out.index("FEATURE"):out.index("all checks passed")]
     rows = {line.split("  ")[0]: line for line in table.splitlines()[2:] if line.strip()}
     for feature in ("idempotent charges", "sessions web <-> tasks", "partner API 5/s/tenant",
-                    "nightly rebuild (singleton)", "price lookups (cache)"):
+                    "nightly rebuild (singleton)", "price lookups (cache)",
+                    "catalogue reindex (debounce)"):
         assert rows[feature].rstrip().endswith("PASS"), rows[feature]
     charges = rows["idempotent charges"].split()
     sent, ran = int(charges[2]), int(charges[3])
@@ -309,6 +310,85 @@ def test_charge_check_fails_on_a_double_charge_and_shows_task_errors(kv: KV) -> 
         assert not charges.ok
         assert charges.problems == ["1 tasks failed, e.g. RuntimeError: card declined",
                                     "charged TWICE: ord-1"]
+
+
+def reindexed(kv: KV, late: float = 0.0) -> demo.Sent:
+    """Per tenant, saves v1-v10 answered by a run of v10, then v11-v20 by a run of v20
+    (``late``: how much later than its saves allow the second run starts)."""
+    sent = demo.Sent()
+    for tenant in demo.REINDEX_TENANTS:
+        for run, first, start in (("a", 1, 10.0), ("b", 11, 11.0 + late)):
+            last = first + 9
+            journal.record(kv, "reindex", tenant=tenant, version=last, start=start,
+                           end=start + 0.2, triggers=10, task_id=f"{run}-{tenant}")
+            for version in range(first, last + 1):
+                sent.saves.append(demo.Save(tenant, version, 9.0 + 0.09 * version,
+                                            Done(last, f"{run}-{tenant}")))
+    return sent
+
+
+def test_reindex_check_passes_a_debounced_run_and_fails_each_broken_invariant(kv: KV) -> None:
+    from examples.billing import tasks
+
+    sent = reindexed(kv)
+    row = demo.check_reindex(sent, kv)
+    assert row.ok, row.problems
+    assert (row.sent, row.ran, row.absorbed) == (60, 6, 54)
+    assert row.observed == "max overlap 1, waits <= 1.0s"
+
+    sent.saves[14].result = Done(10, "b-acme")  # v15 handed v10: an older run's version
+    assert demo.check_reindex(sent, kv).problems == [
+        "1 saves handed an OLDER version: acme v15 got 10"]
+
+    sent = reindexed(kv := fake_kv(prefix="demo-check-lost"))
+    sent.saves[19].result = Done(20, "never-ran")  # acme v20 answered by no journalled run
+    assert demo.check_reindex(sent, kv).problems == [
+        "1 saves answered by no run, e.g. acme v20",
+        "kv_triggers differ from the saves answered: acme v20: 10 != 9"]
+
+    sent = reindexed(kv := fake_kv(prefix="demo-check-early"))
+    sent.saves[0].sent_at = 10.5  # acme v1 sent after the run that answered it started
+    assert demo.check_reindex(sent, kv).problems == [
+        "1 saves answered by a run that started BEFORE them: acme v1"]
+
+    sent = reindexed(kv := fake_kv(prefix="demo-check-overlap"))
+    journal.record(kv, "reindex", tenant="acme", version=10, start=10.1, end=10.3,
+                   triggers=0, task_id="c-acme")  # a second run while the first one goes
+    row = demo.check_reindex(sent, kv)
+    assert row.problems == ["2 runs of one tenant at once"]
+    assert row.observed.startswith("max overlap 2")
+
+    sent = reindexed(kv := fake_kv(prefix="demo-check-last"))
+    sent.saves.append(demo.Save("acme", 21, 11.5, Done(21, "d-acme")))
+    journal.record(kv, "reindex", tenant="acme", version=21, start=11.6, end=11.8,
+                   triggers=1, task_id="d-acme")
+    assert demo.check_reindex(sent, kv).ok
+    journal.record(kv, "reindex", tenant="acme", version=19, start=12.0, end=12.2,
+                   triggers=0, task_id="e-acme")  # a run of an older version comes last
+    assert demo.check_reindex(sent, kv).problems == [
+        "acme: the last run indexed v19, the last save was v21"]
+
+    sent = reindexed(kv := fake_kv(prefix="demo-check-miscount"))
+    journal.record(kv, "reindex", tenant="globex", version=20, start=12.0, end=12.2,
+                   triggers=1, task_id="f-globex")  # covers a trigger no one sent
+    assert demo.check_reindex(sent, kv).problems == [
+        "kv_triggers differ from the saves answered: globex v20: 1 != 0",
+        "the runs cover 61 triggers, 60 were sent"]
+
+    late = tasks.REINDEX_MAX_WAIT + demo.REINDEX_SLACK  # the second runs start 4.01 s late
+    sent = reindexed(kv := fake_kv(prefix="demo-check-late"), late=late)
+    assert demo.check_reindex(sent, kv).problems == [
+        f"a burst started 4.01s after its first save (max wait {tasks.REINDEX_MAX_WAIT}s "
+        f"+ {demo.REINDEX_SLACK}s slack)"]
+
+    sent, kv = reindexed(fake_kv(prefix="demo-check-unused")), fake_kv(prefix="demo-check-few")
+    for save in sent.saves:  # every save ran on its own: nothing absorbed
+        run = f"own-{save.tenant}-{save.version}"
+        journal.record(kv, "reindex", tenant=save.tenant, version=save.version,
+                       start=save.sent_at + 0.01, end=save.sent_at + 0.02, triggers=1,
+                       task_id=run)
+        save.result = Done(save.version, run)
+    assert demo.check_reindex(sent, kv).problems == ["60 runs for 60 saves: too few absorbed"]
 
 
 def test_a_failed_check_shows_in_the_table() -> None:

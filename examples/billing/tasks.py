@@ -10,12 +10,14 @@ import time
 import uuid
 from typing import Any
 
-from celery_kv import CachedTask, IdempotentTask, RateLimitedTask, SingletonTask
+from celery_kv import CachedTask, IdempotentTask, KVTask, RateLimitedTask, SingletonTask
 
 from . import journal
 from .app import app, kv
 
 PARTNER_RATE = "5/s"  # the partner API's contract: at most 5 calls a second per tenant
+REINDEX_DEBOUNCE = 0.5  # a catalogue is reindexed this long after its last save...
+REINDEX_MAX_WAIT = 2.0  # ...but never later than this after the first save of a burst
 PRICES = {"starter": 900, "team": 2900, "business": 9900, "seat": 700, "storage": 250,
           "support": 4900}
 
@@ -82,3 +84,20 @@ def price(self: Any, sku: str, currency: str = "EUR") -> dict[str, Any]:
     journal.record(kv, "price", sku=sku, task_id=self.request.id)
     time.sleep(0.2)  # the pricing service is slow
     return {"sku": sku, "currency": currency, "cents": PRICES[sku]}
+
+
+@app.task(bind=True, base=KVTask, name="billing.reindex_search", debounce=REINDEX_DEBOUNCE,
+          debounce_key="{tenant}", debounce_max_wait=REINDEX_MAX_WAIT)
+def reindex_search(self: Any, tenant: str, version: int) -> int:
+    """Rebuild a tenant's search index after the admin UI saves its catalogue.
+
+    An admin saves many times in a row and only the last version matters, so the saves of
+    one burst run once, with the last save's arguments; every save's AsyncResult gets that
+    run's result. ``self.request.kv_triggers`` is how many saves the run covers.
+    """
+    started = journal.server_time(kv)
+    time.sleep(0.2)  # indexing the catalogue
+    ended = journal.server_time(kv)
+    journal.record(kv, "reindex", tenant=tenant, version=version, start=started, end=ended,
+                   triggers=self.request.kv_triggers, task_id=self.request.id)
+    return version
