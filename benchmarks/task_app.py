@@ -55,6 +55,8 @@ VARIANTS: dict[str, tuple[type[Task], dict[str, object]]] = {
     "rate_limit": (KVTask, {"global_rate_limit": "1000000/s"}),
     "concurrency": (KVTask, {"concurrency_limit": 1000}),
     "cache": (KVTask, {"cache_ttl": 300}),
+    # keep-latest: every call its own key here (arguments differ), so each fires at once
+    "latest": (KVTask, {"singleton": True, "singleton_mode": "latest"}),
     "all": (KVTask, {
         "singleton": True, "idempotent": True, "global_rate_limit": "1000000/s",
         "concurrency_limit": 1000, "cache_ttl": 300,
