@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from .client import is_cluster
-from .keys import KeyLike
+from .keys import KeyLike, KeyPart
 from .store import Store
 
 BATCH = 500
@@ -71,7 +71,7 @@ def purge(store: Store) -> int:
     return removed
 
 
-def _decode_part(part: str) -> KeyLike:
+def _decode_part(part: str) -> KeyPart:
     if part == "!":
         return ""
     if part.startswith("="):
@@ -103,4 +103,24 @@ def name_of(key: str) -> str:
     return decode_identity(key[start + 1 : end]) if 0 <= start < end else key
 
 
-__all__ = ["count_keys", "decode_identity", "name_of", "primaries", "purge", "scan"]
+def identity_of(key: str) -> KeyLike | None:
+    """The user's key inside ``prefix:kind:{identity}[...]`` as it was passed (a part or a
+    tuple of parts); None when it cannot be read back (a hashed identity, a foreign key)."""
+    start, end = key.find("{"), key.rfind("}")
+    if not 0 <= start < end:
+        return None
+    encoded = key[start + 1 : end]
+    try:
+        if encoded.startswith("#"):
+            return None
+        if encoded == "(":
+            return ()
+        if encoded.startswith("("):
+            return tuple(_decode_part(p) for p in encoded[1:].split(":"))
+        return _decode_part(encoded)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+__all__ = ["count_keys", "decode_identity", "identity_of", "name_of", "primaries", "purge",
+           "scan"]

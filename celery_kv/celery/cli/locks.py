@@ -2,6 +2,9 @@
 
 A lock record that something else wrote (a fence that is not a number, a key of another
 type) is listed as malformed rather than ending the listing, and can still be unlocked.
+``locks`` lists the debounce bursts too (kind ``burst``: a pending burst, due in TTL, and
+a running one, its lease left), so one command shows what holds each key;
+``celery kv debounce TASK`` shows them in full.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import redis.exceptions as rexc
 from ...primitives import lock as locks_mod
 from ...store import KeyLike, Store
 from ...store.admin import name_of
+from ...store.bursts import display_name, list_bursts
 from ..keys import RUN_MARK, task_id_of
 from ._base import Target, common, emit_json, guarded, kv, seconds, table, target
+from .debounce import in_seconds
 
 
 def _text(value: Any) -> str:
@@ -42,8 +47,8 @@ def read_lock(store: Store, key: str) -> dict[str, Any] | None:
 
 def _row(key: str, owner: str | None, ttl: float | None, fence: int | None,
          state: str) -> dict[str, Any]:
-    return {"key": key, "name": name_of(key), "owner": owner, "task_id": task_id_of(owner),
-            "state": state, "ttl": ttl, "fence": fence}
+    return {"kind": "lock", "key": key, "name": name_of(key), "owner": owner,
+            "task_id": task_id_of(owner), "state": state, "ttl": ttl, "fence": fence}
 
 
 def _state(owner: str) -> str:
@@ -62,23 +67,60 @@ def held_locks(store: Store) -> list[dict[str, Any]]:
     return [row for row in rows if row is not None]
 
 
+def burst_rows(store: Store) -> list[dict[str, Any]]:
+    """Every pending and running debounce burst as lock-like rows: 'ttl' is when a pending
+    burst is due (negative: overdue) and what a running one's lease has left."""
+    rows: list[dict[str, Any]] = []
+    for burst in list_bursts(store):
+        base = {"kind": "burst", "key": burst.redis_key, "name": display_name(burst)}
+        if burst.problem is not None:
+            rows.append({**base, "owner": None, "task_id": None, "state": burst.problem,
+                         "ttl": None, "fence": None, "triggers": None})
+        if burst.pending is not None:
+            p = burst.pending
+            rows.append({**base, "owner": p.task_id, "task_id": p.task_id, "state": "pending",
+                         "ttl": p.due_in, "fence": None, "triggers": p.triggers})
+        if burst.running is not None:
+            r = burst.running
+            rows.append({**base, "owner": r.task_id, "task_id": r.task_id, "state": r.status,
+                         "ttl": r.lease_left, "fence": r.fence, "triggers": r.triggers})
+    return rows
+
+
+def _ttl_cell(row: dict[str, Any]) -> str:
+    if row["kind"] != "burst":
+        return seconds(row["ttl"])
+    if row["ttl"] is None:
+        return "-"
+    if row["state"] == "pending" and row["ttl"] >= 0:
+        return f"due in {seconds(row['ttl'])}"
+    return in_seconds(row["ttl"])
+
+
+def _state_cell(row: dict[str, Any]) -> str:
+    if row["kind"] == "burst" and row["triggers"] is not None:
+        return f"{row['state']} ({row['triggers']} trigger{'s' if row['triggers'] != 1 else ''})"
+    return str(row["state"])
+
+
 @kv.command()
 @common
 @click.pass_context
 @guarded
 def locks(ctx: click.Context, url: str | None, prefix: str | None, as_json: bool) -> None:
-    """Held locks (singleton tasks included): owner task id, TTL left and fence."""
+    """Held locks (singleton tasks included) and debounce bursts: owner task id, TTL
+    left (a pending burst: when it is due) and fence."""
     found = target(ctx, url, prefix)
-    rows = held_locks(found.kv.store)
+    rows = held_locks(found.kv.store) + burst_rows(found.kv.store)
     if as_json:
         emit_json(rows)
         return
     if not rows:
-        click.echo(f"no locks held under '{found.kv.prefix}:'")
+        click.echo(f"no locks held and no bursts pending under '{found.kv.prefix}:'")
         return
-    click.echo(table(["KEY", "NAME", "OWNER TASK ID", "STATE", "TTL", "FENCE"],
-                     [(r["key"], r["name"], r["task_id"], r["state"], seconds(r["ttl"]),
-                       r["fence"]) for r in rows]))
+    click.echo(table(["KIND", "KEY", "NAME", "OWNER TASK ID", "STATE", "TTL", "FENCE"],
+                     [(r["kind"], r["key"], r["name"], r["task_id"], _state_cell(r),
+                       _ttl_cell(r), r["fence"]) for r in rows]))
 
 
 def _lock_key(found: Target, key: str) -> tuple[str, KeyLike | None]:
