@@ -20,11 +20,13 @@
 --         {'deny', task id of the burst that absorbed it, ms until due, triggers}.
 -- undo: task_burst_unarm
 -- uses: burst_expire
--- retry: safe (the nonce makes a second run of the same call answer 'ok' again)
+-- retry: safe (the nonce makes a second run of the same call answer as the first: 'ok' for
+-- the burst it started, or 'deny' without counting the call twice; 'last' holds the nonce
+-- of the last call absorbed)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local f = redis.call('HMGET', KEYS[1], 'pid', 'pnonce', 'pdue', 'pmax', 'pexp', 'pmsg',
-  'wid', 'wend', 'wmax')
+  'wid', 'wend', 'wmax', 'last', 'pn', 'wn')
 local pid, edge = f[1], ARGV[5]
 local wait, maxw, delay = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[8])
 local function capped(due, max)
@@ -38,9 +40,17 @@ end
 if pid == ARGV[1] and f[2] == ARGV[2] then
   return {'ok', math.max(tonumber(f[3]) - now, 0), pid, f[6]}
 end
+if f[10] == ARGV[2] then  -- this call was absorbed already (a retry after a lost reply)
+  if edge == 'leading' and f[7] then
+    return {'deny', f[7], math.max(tonumber(f[8]) - now, 0), tonumber(f[12])}
+  end
+  if pid then
+    return {'deny', pid, math.max(tonumber(f[3]) - now, 0), tonumber(f[11])}
+  end
+end
 if edge == 'leading' and f[7] and tonumber(f[8]) > now then
   local wend = capped(now + wait, tonumber(f[9]))
-  redis.call('HSET', KEYS[1], 'wend', wend)
+  redis.call('HSET', KEYS[1], 'wend', wend, 'last', ARGV[2])
   local n = redis.call('HINCRBY', KEYS[1], 'wn', 1)
   return done({'deny', f[7], math.max(wend - now, 0), n})
 end
@@ -52,7 +62,7 @@ if pid then
   if edge ~= 'leading' then
     redis.call('HSET', KEYS[1], 'pargs', ARGV[6])
   end
-  redis.call('HSET', KEYS[1], 'pdue', due)
+  redis.call('HSET', KEYS[1], 'pdue', due, 'last', ARGV[2])
   local n = redis.call('HINCRBY', KEYS[1], 'pn', 1)
   if tonumber(f[5]) > now then
     return done({'deny', pid, math.max(due - now, 0), n})
