@@ -127,14 +127,41 @@ def test_every_lifecycle_step_script_runs(
             raise self.retry(countdown=0)  # the keys are handed back, then re-entered
         raise ValueError(f"failed {x}")
 
+    @app.task(base=KVTask, shared=False, name="v.burst", bind=True, debounce=0.001,
+              debounce_key="all", lock_ttl=0.6, max_retries=1)
+    def burst(self: Any, x: int, hold: bool = False, retry: bool = False) -> int:
+        bodies.append(("burst", x))
+        if hold:
+            wait_for(lambda: "task_burst_renew" in steps_run(composed), what="a renewal")
+        if retry and self.request.retries == 0:
+            raise self.retry(countdown=0)  # the burst is handed back, then taken over
+        return x
+
     with refusals(kv) as refused:
         drive(every, fails, bodies, composed, renewing)
+        drive_burst(burst, bodies)
     named = [(composed.get(sha, sha), error) for sha, error in refused]
     assert not named, f"{server.version()} refused: {named}"
     steps = {name for name in scripts.available() if name.startswith("task_")}
     assert steps - steps_run(composed) == set(), "step scripts this test did not reach"
     for key in keys_under(kv):
         assert kv.client.pttl(key) > 0, f"{key} has no TTL"
+
+
+def drive_burst(burst: Any, bodies: list[Any]) -> None:
+    """A debounced task's phases: arm, absorb, confirm, fire (as the worker runs the
+    burst's id), renew, a retry's hand-back and take-over, finish, and an undone arm."""
+    queued = burst.apply_async((1,))
+    assert burst.apply_async((2,)).id == queued.id  # absorbed: the latest arguments win
+    assert burst.apply((0,), task_id=queued.id).get() == 2
+    assert burst.apply((3,), {"hold": True}).get() == 3
+    assert burst.apply((4,), {"retry": True}).get() == 4
+    with mock.patch.object(kombu.Producer, "publish", side_effect=OSError("broker down")), \
+            pytest.raises(OSError):
+        burst.apply_async((5,), task_id="never-sent")
+    assert burst.apply_async((6,)).id != "never-sent"
+    assert [b for b in bodies if isinstance(b, tuple)] == [
+        ("burst", 2), ("burst", 3), ("burst", 4), ("burst", 4)]
 
 
 def drive(every: Any, fails: Any, bodies: list[Any], composed: dict[str, tuple[str, ...]],
