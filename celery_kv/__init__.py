@@ -21,6 +21,7 @@ from .errors import (
     LockLost,
     LockNotAcquired,
     RateLimitExceeded,
+    Superseded,
 )
 from .kv import KV
 from .primitives.ratelimit import Decision
@@ -47,6 +48,7 @@ __all__ = [
     "RateLimitExceeded",
     "RateLimitedTask",
     "SingletonTask",
+    "Superseded",
     "install",
     "signals",
 ]

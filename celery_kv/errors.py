@@ -79,6 +79,13 @@ class LockLost(_HeldKeyError):
     verb = "was lost; it is now held"
 
 
+class Superseded(LockLost):
+    """A newer call took the key from this run (``on_duplicate="supersede"``): the run
+    should stop. A ``LockLost``, so code that stops on a lost lock stops here too."""
+
+    verb = "was superseded by a newer call; it is now held"
+
+
 class DuplicateTask(_HeldKeyError):
     """A singleton task was enqueued while another instance holds its key."""
 
@@ -160,4 +167,5 @@ __all__ = [
     "LockLost",
     "LockNotAcquired",
     "RateLimitExceeded",
+    "Superseded",
 ]

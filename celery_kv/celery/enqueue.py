@@ -105,6 +105,8 @@ def apply_async(task: Any, publish: Publish, args: Any, kwargs: Any, task_id: st
     ctx = Enqueue(task, task_id or uuid(), args, kwargs, header, delay_of(task.app, options),
                   running_id if getattr(current, "task", None) == task.name else None)
     options = with_header(options, ctx.fill_header())
+    # A caller or a canvas holds this call's own id: it must not be folded into another's.
+    ctx.state["id_held"] = explicit_id or carries_callbacks(options)
     if not policy.claims_at_enqueue or task.app.conf.task_always_eager:
         return publish(ctx.task_id, options)  # the execution guard decides
     return _claim_and_publish(ctx, publish, options, explicit_id)

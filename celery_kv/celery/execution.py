@@ -27,14 +27,14 @@ from typing import Any, NoReturn
 from celery.exceptions import Ignore, Reject, Retry
 
 from .. import signals
-from ..errors import CoordinationUnavailable, LockLost
+from ..errors import CoordinationUnavailable, LockLost, Superseded
 from ..primitives._arguments import text, to_ms
 from ..primitives.heartbeat import Heartbeat
 from ..store import Step, codec
 from ..store.retry import keep_trying
 from .context import HEADER, Run, header_of
 from .features.base import FAILED, Block, Drop, Feature, Outcome, Skip, Wait
-from .keys import as_mapping
+from .keys import as_mapping, task_id_of
 from .policy import TaskPolicy
 
 log = logging.getLogger("celery_kv.celery")
@@ -68,6 +68,8 @@ class Execution:
         self.handed_back = False
         self.replaced = False
         self.finished = False
+        #: set by the heartbeat when a newer call superseded this run (on_duplicate)
+        self.superseded: Superseded | None = None
 
     # -- the whole run -------------------------------------------------------------------
 
@@ -90,6 +92,9 @@ class Execution:
             if not self.replaced:  # a replaced run's claims now belong to its replacement
                 self.finish(FAILED)
             raise
+        except Superseded as exc:
+            self.finish(FAILED)  # frees nothing of the newer holder's: not its token
+            self._revoked(exc)
         except BaseException:
             self.finish(FAILED)
             raise
@@ -110,6 +115,18 @@ class Execution:
         except TypeError as exc:
             return Outcome(True, value, "null", str(exc))
         return Outcome(True, value, raw)
+
+    def _revoked(self, exc: Superseded) -> NoReturn:
+        """A superseded run (or its queued message) ends REVOKED, and ``Ignore`` keeps
+        Celery from writing another state over it."""
+        run = self.run
+        if run.eager:
+            raise exc
+        log.info("task %s[%s]: %s; recorded as revoked", self.policy.name, run.task_id, exc)
+        if not run.task.ignore_result:
+            _quietly(lambda: run.task.backend.mark_as_revoked(
+                run.task_id, str(exc), request=run.request), "record a superseded run")
+        raise Ignore() from exc
 
     # -- start ---------------------------------------------------------------------------
 
@@ -242,7 +259,12 @@ class Execution:
             answer = self.store.run_phase("renew leases", steps)
             if len(answer.replies) == len(steps) and verdict(answer.replies[-1]) == "ok":
                 return True
-            run.lost.append(renewing[len(answer.replies) - 1].name)
+            feature, last = renewing[len(answer.replies) - 1], answer.replies[-1]
+            if len(last) > 1 and text(last[1]) == "superseded":  # not a loss: no lock_lost
+                self._superseded(feature, text(last[2]) if len(last) > 2 else "")
+                renewing.remove(feature)
+                return bool(renewing)  # the other leases stay renewed while it stops
+            run.lost.append(feature.name)
             return False
 
         def on_lost() -> None:
@@ -256,6 +278,16 @@ class Execution:
 
         self.beat = Heartbeat(f"task:{self.policy.name}", ttl, renew, on_lost).start()
 
+    def _superseded(self, feature: Feature, owner: str) -> None:
+        """The heartbeat learned that a newer call took ``feature``'s key."""
+        run = self.run
+        key = str(self._key_of(feature.name))
+        self.superseded = Superseded(key, task_id_of(owner) or None, self.policy.name)
+        log.warning("task %s[%s]: %s", self.policy.name, run.task_id, self.superseded)
+        if feature.terminate_when_superseded:
+            _quietly(lambda: run.task.app.control.revoke(run.task_id, terminate=True),
+                     "terminate a superseded run")
+
     def _key_of(self, feature_name: str) -> str | None:
         feature = self.policy.feature(feature_name)
         described = feature.describe(self.run) if feature is not None else {}
@@ -267,7 +299,10 @@ class Execution:
             beat.stop()
 
     def checkpoint(self) -> None:
-        """Raise ``LockLost`` when this run lost a lease (``self.kv_checkpoint()``)."""
+        """Raise ``Superseded`` when a newer call took this run's key, ``LockLost`` when
+        this run lost a lease (``self.kv_checkpoint()``)."""
+        if self.superseded is not None:
+            raise Superseded(*self.superseded.args)
         if self.run.lost:
             name = self.run.lost[0]
             raise LockLost(str(self._key_of(name)), self.run.task_id, self.policy.name)

@@ -22,6 +22,10 @@ Inside a task body:
   not renew it: Redis was unreachable for a whole lease, or the key was broken), and
   ``self.kv_checkpoint()`` then raises ``LockLost``: call it before each step that must
   not run without the lock;
+- ``self.kv_superseded`` is True once a newer call took this run's key
+  (``on_duplicate="supersede"``; learned at the next heartbeat, within about a third of
+  ``lock_ttl``), and ``self.kv_checkpoint()`` then raises ``Superseded`` (a ``LockLost``);
+  a body that lets it propagate ends REVOKED;
 - ``self.request.kv_rate_limit`` is the rate limit ``Decision`` that admitted the run.
 
 How a call goes: ``apply_async`` claims the keys for the new task id (see ``enqueue``);
@@ -100,8 +104,15 @@ class KVTask(Task):  # type: ignore[misc]
         running = getattr(self.request, "_kv_run", None)
         return bool(running is not None and running.run.lost)
 
+    @property
+    def kv_superseded(self) -> bool:
+        """True once a newer call superseded the current run (``on_duplicate="supersede"``)."""
+        running = getattr(self.request, "_kv_run", None)
+        return bool(running is not None and running.superseded is not None)
+
     def kv_checkpoint(self) -> None:
-        """Raise ``LockLost`` when the current run has lost a lease it held."""
+        """Raise ``Superseded`` when a newer call took the current run's key, ``LockLost``
+        when the run has lost a lease it held."""
         running = getattr(self.request, "_kv_run", None)
         if running is not None:
             running.checkpoint()

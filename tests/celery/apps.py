@@ -354,6 +354,43 @@ def make_app(name: str, broker: str, backend: str, kv_url: str, prefix: str, fx_
     app.task(base=SingletonTask, shared=False, name="t.latest", bind=True,
              singleton_mode="latest", singleton_key="{tag}")(burst_body)
 
+    # -- replace and supersede (on_duplicate) ----------------------------------------------
+
+    @app.task(base=SingletonTask, shared=False, name="t.replace", bind=True,
+              singleton_key="{tag}", on_duplicate="replace")
+    def replace(self: Any, tag: str, x: int, duration: float = 0.0) -> int:
+        run_body(tag, duration, x=x, id=self.request.id, fence=self.fence)
+        return x
+
+    def watch_supersede(self: Any, tag: str, x: int, duration: float) -> int:
+        """Checks every 50 ms for ``duration`` s; records when it first sees that it was
+        superseded (``fx:<tag>:seen:<id>``, server time), then checkpoints."""
+        task_id = self.request.id
+        fx.rpush(f"fx:{tag}:starts", json.dumps({"at": now(fx), "x": x, "id": task_id,
+                                                 "fence": self.fence}))
+        deadline = time.monotonic() + duration
+        while time.monotonic() < deadline:
+            if self.kv_superseded:
+                fx.setnx(f"fx:{tag}:seen:{task_id}", now(fx))
+            self.kv_checkpoint()
+            time.sleep(0.05)
+        run_body(tag, x=x, id=task_id, fence=self.fence)
+        return x
+
+    app.task(base=SingletonTask, shared=False, name="t.supersede", bind=True,
+             singleton_key="{tag}", on_duplicate="supersede", lock_ttl=3.0)(watch_supersede)
+
+    @app.task(base=SingletonTask, shared=False, name="t.supersede_terminate", bind=True,
+              singleton_key="{tag}", on_duplicate="supersede", supersede_terminate=True,
+              lock_ttl=3.0)
+    def supersede_terminate(self: Any, tag: str, x: int, duration: float) -> int:
+        """Never checks: only a terminate stops it early."""
+        fx.rpush(f"fx:{tag}:starts", json.dumps({"at": now(fx), "x": x, "pid": os.getpid(),
+                                                 "id": self.request.id, "fence": self.fence}))
+        time.sleep(duration)
+        run_body(tag, x=x, id=self.request.id, fence=self.fence)
+        return x
+
     # -- unavailable Redis ----------------------------------------------------------------
 
     for policy in ("retry", "run", "raise"):

@@ -116,6 +116,9 @@ class Feature:
     claims_at_enqueue: bool = False
     #: the longest single deferral this feature asks for, in seconds
     max_defer: float = 0.0
+    #: a run this feature learns was superseded (its renew step answers 'superseded') is
+    #: terminated through Celery's revoke, not only told (``supersede_terminate``)
+    terminate_when_superseded: bool = False
 
     @classmethod
     def configure(cls, task: TaskDefinition) -> Feature | None:

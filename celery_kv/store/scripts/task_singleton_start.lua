@@ -1,16 +1,38 @@
 -- Singleton, execution start: take the key for this run (owner token '<id>#run:<nonce>').
 -- The queued claim of this task id is taken over with its fence; a free key is taken
 -- fresh with the next fence (a message that skipped apply_async is held to the rule too).
--- KEYS[1] lock hash {owner, fence, nonce, next}, KEYS[2] fence counter
+-- With on_duplicate 'replace' or 'supersede' the tombstones are read first: a task id a
+-- newer call superseded is refused ('superseded': it ends revoked without its body), and a
+-- message a newer one replaced is 'stale' (it ends with no outcome: the newer message of
+-- the same task id carries it). A message is stale when its nonce (header 'singleton_msg')
+-- is tombstoned, or differs from the nonce of a lock this task id holds; a message without
+-- one (send_task) never is.
+-- KEYS[1] lock hash {owner, fence, nonce, next}, KEYS[2] fence counter, KEYS[3] tombstones
 -- ARGV[1] run token, ARGV[2] task id, ARGV[3] running lease (ms), ARGV[4] fence counter TTL
--- (ms), ARGV[5] how long a handed-back claim lives (ms), ARGV[6] mode: 'queued' or 'running'
+-- (ms), ARGV[5] how long a handed-back claim lives (ms), ARGV[6] mode: 'queued' or 'running',
+-- ARGV[7] on_duplicate: 'replace', 'supersede' or '', ARGV[8] the message's nonce or ''
 -- Returns {'ok', fence} when this run holds the key,
 --         {'deny', holder, ms left, why}: why is 'self' when an earlier delivery of this same
---         task id runs, 'successor' when this task id is the holder's successor, else ''.
+--         task id runs, 'successor' when this task id is the holder's successor,
+--         'superseded' or 'stale' (above), else ''.
 -- undo: task_singleton_hand_back
 -- retry: safe (a second run by the same token finds the key its own)
-local rec = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'next')
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'next', 'nonce')
 local owner, fence = rec[1], rec[2]
+local run_prefix = ARGV[2] .. '#run:'
+local ours = owner and (owner == ARGV[2] or string.sub(owner, 1, #run_prefix) == run_prefix)
+if (ARGV[7] or '') ~= '' then
+  local why = ''
+  if redis.call('SISMEMBER', KEYS[3], 'id:' .. ARGV[2]) == 1 then
+    why = 'superseded'
+  elseif ARGV[8] ~= '' and (redis.call('SISMEMBER', KEYS[3], 'msg:' .. ARGV[8]) == 1
+      or (ours and rec[4] and rec[4] ~= ARGV[8])) then
+    why = 'stale'
+  end
+  if why ~= '' then
+    return {'deny', owner or '', redis.call('PTTL', KEYS[1]), why}
+  end
+end
 if owner == ARGV[2] or owner == ARGV[1] then
   redis.call('HSET', KEYS[1], 'owner', ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -29,7 +51,7 @@ if not owner then
   return {'ok', fence}
 end
 local why = ''
-if string.sub(owner, 1, #ARGV[2] + 5) == ARGV[2] .. '#run:' then
+if ours then
   why = 'self'
 elseif rec[3] == ARGV[2] then
   why = 'successor'
