@@ -23,7 +23,7 @@
 -- Returns {'ok', fence, arguments JSON, triggers, ms since the first trigger},
 --         {'deny', why, ms to wait, holder task id, message nonce armed here or ''}.
 -- undo: task_burst_hand_back
--- uses: task_burst_arm burst_expire
+-- uses: task_burst_arm burst_expire fence_next
 -- retry: safe (a second run by the same token finds the burst its own)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -39,13 +39,7 @@ local function read()
 end
 
 local function next_fence()
-  if redis.call('EXISTS', KEYS[2]) == 0 then
-    local now_us = redis.call('TIME')
-    redis.call('SET', KEYS[2], now_us[1] .. string.format('%06d', tonumber(now_us[2])), 'PX', ARGV[4])
-  end
-  local fence = string.format('%d', redis.call('INCR', KEYS[2]))
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  return fence
+  return fence_next({KEYS[2]}, {ARGV[4]})
 end
 
 local function running(f)

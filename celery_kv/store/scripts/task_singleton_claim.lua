@@ -26,6 +26,7 @@
 --         {'ok', fence, 'superseded', X} when task id X was superseded (fence '' retried),
 --         {'deny', holder, ms left} when another task id (or this one, enqueued twice) holds it.
 -- undo: task_singleton_unclaim
+-- uses: fence_next
 -- retry: safe (the nonce makes a second run of the same call answer 'ok' again)
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'nonce', 'next', 'prev_owner')
 local owner, nxt = rec[1], rec[3]
@@ -37,13 +38,7 @@ local function task_of(token)
 end
 
 local function next_fence()
-  if redis.call('EXISTS', KEYS[2]) == 0 then
-    local now = redis.call('TIME')
-    redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])), 'PX', ARGV[4])
-  end
-  local fence = string.format('%d', redis.call('INCR', KEYS[2]))
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  return fence
+  return fence_next({KEYS[2]}, {ARGV[4]})
 end
 
 local function tombstone(member)

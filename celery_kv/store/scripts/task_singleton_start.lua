@@ -16,6 +16,7 @@
 --         task id runs, 'successor' when this task id is the holder's successor,
 --         'superseded' or 'stale' (above), else ''.
 -- undo: task_singleton_hand_back
+-- uses: fence_next
 -- retry: safe (a second run by the same token finds the key its own)
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'next', 'nonce')
 local owner, fence = rec[1], rec[2]
@@ -40,12 +41,7 @@ if owner == ARGV[2] or owner == ARGV[1] then
   return {'ok', fence}
 end
 if not owner then
-  if redis.call('EXISTS', KEYS[2]) == 0 then
-    local now = redis.call('TIME')
-    redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])), 'PX', ARGV[4])
-  end
-  fence = string.format('%d', redis.call('INCR', KEYS[2]))
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  fence = fence_next({KEYS[2]}, {ARGV[4]})
   redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {'ok', fence}
