@@ -314,6 +314,8 @@ def test_a_worker_killed_between_arm_and_fire_loses_no_trigger(
     ({"debounce_max_wait": 3.0}, "debounce_max_wait=3.0"),
     ({"debounce": 1.0, "singleton": True}, "debounce=1.0"),
     ({"debounce": 1.0, "idempotent": True}, "idempotent=True"),
+    ({"debounce": 1.0, "cache_ttl": 60}, "cache_ttl=60"),
+    ({"singleton": True, "singleton_mode": "latest", "idempotent": True}, "idempotent=True"),
     ({"singleton": True, "singleton_mode": "newest"}, "singleton_mode='newest'"),
 ])
 def test_bad_options_fail_at_definition_and_name_the_value(

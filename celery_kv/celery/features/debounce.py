@@ -93,10 +93,11 @@ class Debounce(Feature):
             raise ValueError(f"{task.where(DEBOUNCE)(debounce)}: a debounced task already "
                              "runs one at a time per debounce_key; drop singleton=True")
         if debounce is not None or latest:
-            for name in ("idempotent", "cached"):
-                if task.raw(name):
-                    raise ValueError(f"task {task.name!r}: {name}=True cannot be combined "
-                                     f"with {'debounce' if debounce else 'singleton_mode'}"
+            for name in ("idempotent", "cached", "cache_ttl"):
+                value = task.raw(name)
+                if value is not None and value is not False:
+                    raise ValueError(f"task {task.name!r}: {name}={value!r} cannot be "
+                                     f"combined with {'debounce' if debounce else 'singleton_mode'}"
                                      f"={debounce if debounce else 'latest'!r}: a burst "
                                      "runs with the latest arguments, not each call's")
         if debounce is None and not latest:
