@@ -8,6 +8,11 @@ no fault touches. The test sends a mixed stream of calls, injects its fault at a
 moment (``wait_moment``: so many bodies completed, a slow one running), lets it settle,
 sends every idempotent call again (a client retrying after the fault), and reads the
 ledger back into ``Figures``: tasks sent, ran once, ran twice, lost, keys left.
+
+Debounced and keep-latest calls (``BURSTS``) come in bursts per group: their value is
+whichever run covered them, so each is held to the README's rule instead of a fixed
+value (``check_bursts``): the run it resolved to started after the call, with its ``i``
+or a later one.
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ MIX: dict[str, int] = {"idem": 100, "slow": 8, "single": 40, "conc": 30, "rate":
                        "cached": 30, "all": 40, "slow_all": 4}
 SLOW = 1.0  # seconds of a slow body: two are running when the fault comes
 IDEMPOTENT = ("idem", "all")
+BURSTS = ("debounce", "latest")  # a call's value is the run that covered it (check_bursts)
+#: (group, first position in the stream, calls, stride): the calls of one burst are sent
+#: ``stride`` positions apart (at 60 calls/s: 0.13 s for debounce, under its 0.3 s, so the
+#: burst holds together; the 10-call one spans 1.2 s, past its maximum wait of 1 s)
+DEBOUNCE_BURSTS = ((0, 20, 5, 8), (1, 60, 10, 8), (2, 120, 5, 8), (0, 180, 5, 8),
+                   (1, 250, 5, 8))
+LATEST_BURSTS = ((0, 10, 5, 3), (1, 80, 5, 3), (2, 115, 5, 3), (0, 160, 5, 3),
+                 (1, 220, 5, 3), (2, 300, 5, 3))
 SETTLE_TIMEOUT = 90.0
 
 
@@ -76,6 +89,7 @@ class Sent:
     call: Call
     phase: str  # "main" or "again" (the client's retry after the fault)
     began: float  # time.monotonic() when apply_async was called
+    began_at: float  # time.time() then: the ledger's clock (its server's TIME, this host)
     result: Any = None
     error: BaseException | None = None
     state: str = "PENDING"
@@ -102,28 +116,32 @@ class Figures:
     lost: int = 0
     failed: int = 0  # results that ended in FAILURE
     wrong: int = 0  # results that ended in SUCCESS with another value
+    forgotten: int = 0  # burst calls answered by an older run: their burst was forgotten
     keys_left: int = 0
     no_ttl: int = 0
     twice: list[str] = field(default_factory=list)
     lost_detail: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    forgotten_detail: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     HEADERS = ("scenario", "sent", "ran once", "ran twice", "lost", "failed", "refused",
-               "keys left", "no TTL", "seconds")
+               "forgotten", "keys left", "no TTL", "seconds")
 
     def row(self) -> tuple[Any, ...]:
         return (self.scenario, self.sent, self.ran_once, self.ran_twice, self.lost,
-                self.failed, self.refused, self.keys_left, self.no_ttl, f"{self.seconds:.1f}")
+                self.failed, self.refused, self.forgotten, self.keys_left, self.no_ttl,
+                f"{self.seconds:.1f}")
 
     def table(self) -> str:
         return render([self])
 
     def detail(self) -> str:
         parts = [self.table()]
-        for name in ("twice", "lost_detail", "failures", "refusals", "violations", "notes"):
+        for name in ("twice", "lost_detail", "failures", "refusals", "forgotten_detail",
+                     "violations", "notes"):
             items = getattr(self, name)
             if items:
                 parts.append(f"{name} ({len(items)}): " + "; ".join(items[:8]))
@@ -140,7 +158,8 @@ def render(figures: list[Figures]) -> str:
 def plan(tag: str, mix: dict[str, int] | None = None, seed: int = 7) -> list[Call]:
     """The main stream: every kind interleaved (a fixed shuffle), so a fault hits each;
     the slow calls go in pairs (an idempotent one, one with every feature) every 30 calls
-    from the 60th, so that both are running at the moment of the fault."""
+    from the 60th, so that both are running at the moment of the fault; the bursts
+    (``DEBOUNCE_BURSTS``, ``LATEST_BURSTS``) at their positions, spread over the stream."""
     mix = mix or MIX
     calls: list[Call] = []
     for i in range(mix.get("idem", 0)):
@@ -171,7 +190,22 @@ def plan(tag: str, mix: dict[str, int] | None = None, seed: int = 7) -> list[Cal
                             {"idempotency_key": f"all-{i}"}))
     for k, pair in reversed(list(enumerate(slow))):
         calls[60 + 30 * k:60 + 30 * k] = pair
+    placed = burst_calls(tag, "debounce", DEBOUNCE_BURSTS) + burst_calls(
+        tag, "latest", LATEST_BURSTS)
+    for position, call in sorted(placed, key=lambda pc: pc[0]):
+        calls.insert(position, call)  # in increasing order: each lands at its position
     return calls
+
+
+def burst_calls(tag: str, kind: str, bursts: tuple[tuple[int, int, int, int], ...]
+                ) -> list[tuple[int, Call]]:
+    """(position, call) of every call of ``bursts``; ``i`` grows in the order they are
+    sent, so a later call of a group always carries a larger ``i``."""
+    placed = sorted((first + n * stride, group) for group, first, count, stride in bursts
+                    for n in range(count))
+    assert len({p for p, _ in placed}) == len(placed), f"two {kind} calls at one position"
+    return [(position, Call(kind, f"f.{kind}", (tag, group, i), None))
+            for i, (position, group) in enumerate(placed)]
 
 
 def parallel(*fns: Callable[[], Any]) -> list[Any]:
@@ -213,11 +247,12 @@ class Scenario:
         self.started = self.started_producing = time.monotonic()
         self.workers = start_workers(self.env, workers)
         self.figures = Figures(name)
+        self.forgotten: list[Sent] = []  # burst calls answered by an older run (measure)
 
     # -- producing -----------------------------------------------------------------------
 
     def send(self, call: Call, phase: str = "main") -> Sent:
-        sent = Sent(call, phase, time.monotonic())
+        sent = Sent(call, phase, time.monotonic(), time.time())
         try:
             sent.result = self.app.tasks[call.task].apply_async(call.args, **call.options)
         except Exception as exc:
@@ -357,7 +392,8 @@ class Scenario:
         ``<task id>#run:<nonce>``) still holds a live claim: a lock or cache lease that
         has not expired, a semaphore slot whose lease ends later than now, an idempotency
         record in progress (one whose lease lapsed reads as "unknown": a memory of the
-        run, not a claim). ``kind`` is the key's kind: lock, sem, idem, cache."""
+        run, not a claim), a running burst whose lease has not lapsed. ``kind`` is the
+        key's kind: lock, sem, idem, cache, burst."""
         client = self.coordination
         store = installed(self.app).kv.store
         sec, usec = client.time()
@@ -372,6 +408,10 @@ class Scenario:
                 scores = [client.zscore(key, t) for t in mine]
                 if any(score is not None and score > now_ms for score in scores):
                     found.append((kind, f"{key}: slot of {mine}"))
+            elif kind == "burst" and what == "hash":  # only its running lease is a claim
+                token, deadline = client.hmget(key, ["rtok", "rdl"])
+                if token in mine and deadline is not None and int(deadline) > now_ms:
+                    found.append((kind, f"{key}: running burst of {token}"))
             elif kind == "idem":
                 status, owner = (x.decode() if isinstance(x, bytes) else str(x)
                                  for x in store.run("idempotency_state", [key])[:2])
@@ -381,10 +421,13 @@ class Scenario:
                 found.append((kind, f"{key} ({what}, PTTL {client.pttl(key)} ms): {value}"))
         return found
 
-    def measure(self, *, exact: bool = True) -> Figures:
+    def measure(self, *, exact: bool = True, forgets: bool = False) -> Figures:
         """Read the ledger and the results into figures. ``exact``: also hold the ledger
         to no overlap, the concurrency limits and the rate limits (scenarios that lose
-        coordination state on purpose pass False and only report them)."""
+        coordination state on purpose pass False and only report them). ``forgets``: a
+        burst call answered by an older run counts as forgotten (an empty restart or
+        eviction forgot its burst: ``self.forgotten`` lists them for the test to
+        explain), not as a violation."""
         f = self.figures
         f.seconds = time.monotonic() - self.started
         self.poll()
@@ -405,11 +448,12 @@ class Scenario:
                 f.failed += 1
                 f.failures.append(f"{label} {sent.result.id}: {sent.state} "
                                   f"{type(sent.value).__name__}: {sent.value}")
-            elif sent.value != sent.call.expected:
+            elif sent.call.kind not in BURSTS and sent.value != sent.call.expected:
                 f.wrong += 1
                 f.failures.append(f"{label}: returned {sent.value!r}, not {sent.call.expected!r}")
         # a SUCCESS is a body that ran (or the replay of one): it must be in the ledger
-        must_run = {s.unit for s in self.sent if s.state == "SUCCESS" and s.call.kind != "cached"}
+        must_run = {s.unit for s in self.sent if s.state == "SUCCESS"
+                    and s.call.kind not in ("cached", *BURSTS)}  # bursts: check_bursts
         for unit in sorted(u for u in must_run if u is not None and u not in by_unit):
             f.lost += 1
             f.lost_detail.append(f"{unit}: succeeded, but its body never completed")
@@ -420,9 +464,24 @@ class Scenario:
         f.twice = [f"{u} x{len(by_unit[u])}" for u in twice]
         computes = sum(len(v) for u, v in by_unit.items() if u.startswith("cached:"))
         f.notes.append(f"cache computes: {computes} for 6 values")
+        unmatched, older = check_bursts(self.sent, runs)
+        f.lost += len(unmatched)
+        f.lost_detail += unmatched
+        self.forgotten = [sent for sent, _ in older]
+        if forgets:
+            f.forgotten = len(older)
+            f.forgotten_detail = [why for _, why in older]
+        else:
+            f.violations += [why for _, why in older]
+        triggers = {kind: sum(e["triggers"] for e in runs if e["task"] == f"f.{kind}")
+                    for kind in BURSTS}
+        calls = {kind: sum(1 for s in self.sent if s.call.kind == kind) for kind in BURSTS}
+        f.notes.append("bursts: " + ", ".join(
+            f"{calls[k]} {k} calls, {sum(1 for e in runs if e['task'] == f'f.{k}')} runs "
+            f"covering {triggers[k]} triggers" for k in BURSTS))
         violations = check_ledger(runs)
         if exact:
-            f.violations = violations
+            f.violations += violations
         elif violations:
             f.notes.append(f"{len(violations)} coordination breaks (allowed here): "
                            + "; ".join(violations[:3]))
@@ -471,21 +530,55 @@ def ride_out(s: Scenario, begin: Callable[[], None], end: Callable[[], None],
     return f
 
 
+def check_bursts(sent: list[Sent], runs: list[dict[str, Any]]
+                 ) -> tuple[list[str], list[tuple[Sent, str]]]:
+    """Each debounced or keep-latest call that succeeded against the ledger (README,
+    Guarantees: the id it got "resolves to the run that covers it; that run starts after
+    the call, with the call's arguments or newer ones"). Returns the calls whose value no
+    run of their group ran (lost: what answered them?), and those answered by an older
+    run: with an ``i`` below their own, or by no run that started after them (allowed
+    only where a burst is forgotten)."""
+    ran: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+    for entry in runs:
+        if "i" in entry:
+            ran[(entry["task"], entry["group"], entry["i"])].append(entry)
+    unmatched: list[str] = []
+    older: list[tuple[Sent, str]] = []
+    for s in sent:
+        if s.call.kind not in BURSTS or s.state != "SUCCESS":
+            continue
+        _tag, group, i = s.call.args
+        label = f"{s.call.task}(group {group}, i {i}) {s.result.id}"
+        found = ran.get((s.call.task, f"{s.call.kind}:{group}", s.value), [])
+        if not found:
+            unmatched.append(f"{label}: returned {s.value!r}, which no run of its group ran")
+            continue
+        after = [e for e in found if e["start"] >= s.began_at]
+        if s.value < i or not after:
+            ids = ", ".join(sorted({e["id"] for e in found}))
+            start = min(e["start"] for e in found) - s.began_at
+            older.append((s, f"{label}: returned {s.value!r}, the i of run {ids}, which "
+                             f"started {start:+.3f} s from the call"))
+    return unmatched, older
+
+
 def check_ledger(runs: list[dict[str, Any]]) -> list[str]:
     """The coordination invariants, held against the ledger: no two runs of one singleton
-    group overlap, never more than the concurrency limit at once, never more than the
-    rate in any one-second window of admission times (sliding_log)."""
+    group (or debounce or keep-latest key) overlap, never more than the concurrency limit
+    at once, never more than the rate in any one-second window of admission times
+    (sliding_log)."""
     problems: list[str] = []
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in runs:
         by_task[entry["task"]].append(entry)
-    for task in ("f.single", "f.all"):
+    for task in ("f.single", "f.all", "f.debounce", "f.latest"):
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for entry in by_task[task]:
             groups[entry["group"]].append(entry)
         for group, entries in groups.items():
             if most_at_once(entries) > 1:
-                problems.append(f"singleton {group}: two runs overlap")
+                what = "burst" if task in ("f.debounce", "f.latest") else "singleton"
+                problems.append(f"{what} {group}: two runs overlap")
     for task, limit in (("f.conc", CONCURRENCY), ("f.all", ALL_CONCURRENCY)):
         seen = most_at_once(by_task[task])
         if seen > limit:

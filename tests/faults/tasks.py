@@ -26,6 +26,8 @@ CONCURRENCY = 2
 ALL_CONCURRENCY = 3
 RATE, RATE_TEXT = 20, "20/s"
 ALL_RATE, ALL_RATE_TEXT = 40, "40/s"
+#: the bursts' timing (debounce: 0.3 s after the last call, at most 1 s after the first)
+DEBOUNCE, DEBOUNCE_MAX_WAIT = 0.3, 1.0
 
 
 def ledger_key(tag: str, kind: str) -> str:
@@ -37,14 +39,16 @@ def register(app: Celery, ledger_url: str) -> None:
     ledger: redis.Redis = effects(ledger_url)
 
     def journal(task: Any, tag: str, duration: float, unit: str | None = None,
-                group: str | None = None) -> None:
+                group: str | None = None, **extra: Any) -> None:
         """``unit``: what must run once (an idempotency key; default the task id);
-        ``group``: what must never run twice at once, or over a limit."""
+        ``group``: what must never run twice at once, or over a limit; ``extra``: what
+        else the checks need (a burst's ``i`` and triggers)."""
         request = task.request
         decision = getattr(request, "kv_rate_limit", None)
         entry = {"task": task.name, "unit": unit or request.id, "group": group,
                  "id": request.id, "pid": os.getpid(), "node": request.hostname,
-                 "duration": duration, "start": now(ledger), "at": getattr(decision, "at", None)}
+                 "duration": duration, "start": now(ledger), "at": getattr(decision, "at", None),
+                 **extra}
         ledger.rpush(ledger_key(tag, "start"), json.dumps(entry))
         if duration:
             time.sleep(duration)
@@ -90,3 +94,21 @@ def register(app: Celery, ledger_url: str) -> None:
         """Every feature at once; the unit is the idempotency key (sent per call)."""
         journal(self, tag, duration, unit=f"all:{i}", group=f"all:{group}")
         return i + 1000
+
+    @app.task(base=KVTask, shared=False, name="f.debounce", bind=True, debounce=DEBOUNCE,
+              debounce_key="{group}", debounce_max_wait=DEBOUNCE_MAX_WAIT)
+    def debounce(self: Any, tag: str, group: int, i: int) -> int:
+        """A burst of calls per group runs once, with the latest call's ``i``: every call
+        of the burst must get a run that started after it, with its ``i`` or a later one."""
+        journal(self, tag, 0.02, group=f"debounce:{group}", i=i,
+                triggers=self.request.kv_triggers)
+        return i
+
+    @app.task(base=KVTask, shared=False, name="f.latest", bind=True, singleton=True,
+              singleton_mode="latest", singleton_key="{group}")
+    def latest(self: Any, tag: str, group: int, i: int) -> int:
+        """Keep-latest: one run and one pending per group; the pending one runs with the
+        latest call's ``i``."""
+        journal(self, tag, 0.05, group=f"latest:{group}", i=i,
+                triggers=self.request.kv_triggers)
+        return i

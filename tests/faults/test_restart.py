@@ -22,7 +22,9 @@ def test_kill_9_and_an_empty_restart(scenario: Callable[..., Scenario],
     """0 lost, 0 keys without a TTL, workers recover; a key runs twice only when its
     record was lost with the restart: its first call was sent before the restart, and
     the client's retry after it found no record (the README's "breaks when": the data
-    is gone)."""
+    is gone). Likewise a debounced or keep-latest call is answered by an older run only
+    when it was sent before the restart (its burst was forgotten, and its message ran
+    with its own arguments)."""
     client = redis.Redis.from_url(coordination.url, decode_responses=True)
     s = scenario("kill -9 + empty restart", coordination.url, client)
     with s.producing(plan(s.tag)):
@@ -37,12 +39,16 @@ def test_kill_9_and_an_empty_restart(scenario: Callable[..., Scenario],
     s.settle()
     assert len(s.runs()) > len(before), "the workers ran bodies after the restart"
     s.send_again()
-    f = s.measure(exact=False)
+    f = s.measure(exact=False, forgets=True)
     lost_with_restart = {s_.call.unit for s_ in s.sent
                          if s_.phase == "main" and s_.began < restarted}
     unexplained = [u for u in f.twice if u.split(" x")[0] not in lost_with_restart]
+    forgotten_after = [f"{x.call.args[1:]} {x.result.id}" for x in s.forgotten
+                       if x.began >= restarted]
     f.notes.append(f"{len(lost_with_restart)} calls sent before the restart")
     assert f.lost == 0, f.detail()
     assert f.failed == f.wrong == f.refused == 0, f.detail()
     assert f.no_ttl == 0, f.detail()
     assert not unexplained, f"ran twice though sent after the restart: {unexplained}"
+    assert not forgotten_after, \
+        f"answered by an older run though sent after the restart: {forgotten_after}"

@@ -44,7 +44,9 @@ def test_sigkill_of_a_worker_parent(scenario: Callable[..., Scenario],
     """0 lost; every claim the killed runs held is gone within their lease; a body runs
     again only when the kill cut it off before its outcome was stored (half-way, or
     between its end and the final phase): its message is redelivered (acks_late) and a
-    redelivery of the same task id takes the lapsed record over."""
+    redelivery of the same task id takes the lapsed record over. A debounced or
+    keep-latest run cut off likewise frees its burst with its lease, and its redelivery
+    runs it again (or follows the next burst, which covers its calls)."""
     if not rabbitmq_up():  # scripts/ensure-rabbitmq starts it; a failure here is real
         pytest.fail("RabbitMQ is not running on 127.0.0.1:5672 (run scripts/ensure-rabbitmq)")
     client = redis.Redis.from_url(coordination.url, decode_responses=True)
@@ -65,9 +67,10 @@ def test_sigkill_of_a_worker_parent(scenario: Callable[..., Scenario],
                   for t in re.findall(re.escape(tid) + r"#run:[\w.-]+", text)}
         held_at_kill = s.live_claims(tokens)
         # A body can end (its ledger entry is written) and die before its outcome is
-        # stored: for the record it was cut off too, and its redelivery runs it again.
+        # stored: for the record (or the burst) it was cut off too, and its redelivery
+        # runs it again.
         unstored = {e["id"]: e for tid, e in ran_there.items()
-                    if any(kind == "idem" and f"{tid}#run:" in detail
+                    if any(kind in ("idem", "burst") and f"{tid}#run:" in detail
                            for kind, detail in held_at_kill)}
         s.workers.append(Worker(s.env))  # the supervisor starts another one
     s.figures.notes.append(
@@ -82,8 +85,9 @@ def test_sigkill_of_a_worker_parent(scenario: Callable[..., Scenario],
     def by(lease: float) -> float:
         return lease + 1.5 - (time.monotonic() - killed_at)
 
-    wait_for(lambda: not claims("lock", "sem", "idem"), by(LEASE),
-             "the killed runs' locks, slots and idempotency claims to end with their lease")
+    wait_for(lambda: not claims("lock", "sem", "idem", "burst"), by(LEASE),
+             "the killed runs' locks, slots, idempotency claims and running bursts to end "
+             "with their lease")
     wait_for(lambda: not claims("cache"), by(CACHE_LEASE),
              "the killed runs' cache compute leases to end with theirs")
     s.settle()
