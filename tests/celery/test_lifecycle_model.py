@@ -14,7 +14,17 @@ that is not coordinated, which then succeeds or fails: celery-kv's settle callba
 a publish that raises, a worker that takes a message before the producer's publish
 returns (before the enqueue confirm), and eager ``apply()``. The tasks: a singleton
 (queued mode), a singleton in running mode, an idempotent task, and an idempotent
-singleton, over two keys.
+singleton, over two keys; and three burst tasks over the same keys: keep-latest
+(``singleton_mode="latest"``), a trailing debounce and a leading one (``debounce=0.001``:
+the due time passes at once, so the model needs no clock). Every burst trigger carries an
+increasing sequence number as its argument; it comes through ``apply_async`` (absorbed, or
+starting a burst), with a caller-given id or a callback (a follower, published with
+``duplicate_of``), through ``send_task`` (armed at the worker), eagerly, or with a publish
+that raises. The model records which burst each trigger joined and in what order (a
+send_task message joins when a worker takes it), each burst body admitted and the trigger
+whose arguments it runs, and each final outcome (kept in the result backend, where a
+follower reads it). Burst runs are finished, retried, SIGKILLed (their lease lapses when
+the model moves ``rdl`` into the past) and redelivered, not revoked or replaced.
 
 After every step it checks, on the model and on Redis:
 
@@ -35,6 +45,17 @@ After every step it checks, on the model and on Redis:
 At the end of each example every message is run to its end and the dead runs' leases
 run out; then every handed-out id has resolved and nothing is held (5): no lock, no
 in-progress idempotency record (completed records and completion marks stay, with TTLs).
+
+For the bursts, after every step: one live body per burst key, and it is the running
+burst of its hash (1); a burst body runs the arguments of the latest trigger that joined
+its burst before it fired, and a takeover (after a retry or a lapsed lease) the same ones
+(2); a follower ends with the outcome of the run it followed, and a message whose burst
+was covered by a newer one never runs the body (4; a finished id's message never runs
+again: the completion mark); every pending burst's message is queued and every running
+burst's run is live or dead (6). At the end: every trigger joined a burst (or its caller
+was told it failed), every join is covered by a body of its key that started after it
+with its arguments or a later trigger's (3), and no burst hash holds a pending or running
+burst (5).
 
 The tests after the state machine replay, step by step, the engine bugs it found.
 """
@@ -84,12 +105,16 @@ from celery_kv.celery.features.base import FAILED
 from celery_kv.celery.install import installed
 from celery_kv.celery.keys import RUN_MARK, task_id_of
 from celery_kv.testing import RedisServer
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
 DB = 12  # a database of the session's redis-server that no other test uses
 TASKS = ("single", "idem", "idem_single", "single_running")
-KV_TASKS = {f"m.{task}" for task in TASKS}
+# the burst tasks (keep-latest, trailing debounce, leading debounce): their calls carry a
+# sequence number as ``x``, so that "latest" can be checked
+BURSTS = ("latest", "deb", "lead")
+KV_TASKS = {f"m.{task}" for task in (*TASKS, *BURSTS)}
 SETTLES = (SETTLE, SETTLE_FAILED)
 KEYS = ("a", "b")
 EXPLICIT = (None, "K1", "K2")
@@ -117,14 +142,19 @@ class Call:
         return f"m.{self.task}"
 
     @property
+    def burst(self) -> bool:
+        """A debounced or keep-latest task: its key is a burst hash, not a lock."""
+        return self.task in BURSTS
+
+    @property
     def lock(self) -> tuple[str, str] | None:
-        """The singleton key (per task), or None."""
+        """The singleton (or burst) key (per task), or None."""
         return None if self.task == "idem" else (self.task, self.k)
 
     @property
     def idem(self) -> tuple[Any, ...] | None:
         """The idempotency key (per task), or None."""
-        if self.task in ("single", "single_running"):
+        if self.task in ("single", "single_running") or self.burst:
             return None
         return (self.task, "key", self.key) if self.key else (self.task, "args", self.k, self.x)
 
@@ -192,6 +222,43 @@ class Recorded:
     values: dict[Any, tuple[str, Any]] = field(default_factory=dict)  # idem key -> (id, value)
 
 
+@dataclass
+class Trigger:
+    """One trigger of a burst task (its sequence number is ``call.x``)."""
+
+    call: Call
+    how: str  # apply_async, explicit id, link, send_task, apply
+    task_id: str | None = None  # of a send_task message: it joins a burst at the worker
+    joined: int = 0  # how many times it was absorbed into a burst
+    refused: bool = False  # its caller was told it failed (publish raised, apply() refused)
+
+    @property
+    def seq(self) -> int:
+        return self.call.x
+
+
+@dataclass
+class Join:
+    """A trigger absorbed into a burst, in the order the bursts' scripts saw them (a
+    send_task message joins at the worker, when it is delivered)."""
+
+    no: int
+    trigger: Trigger
+    burst: str  # the burst's task id
+    made: int  # how many burst bodies had started before it joined
+    window: bool = False  # absorbed by the leading window of a run that already started
+
+
+@dataclass
+class Body:
+    """One admission of a burst body (a first firing, a takeover, or an eager run), with
+    the join whose arguments it runs."""
+
+    no: int
+    join: Join
+    task_id: str
+
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Note that a step failed, so the teardown only cleans up (it must not mask it)."""
 
@@ -239,6 +306,23 @@ def make_app(url: str, prefix: str, model: LifecycleModel) -> Celery:
     def idem_single(self: Any, k: str, x: int) -> Any:
         return model.eager_body(self, Call("idem_single", k, x))
 
+    @app.task(base=KVTask, shared=False, name="m.latest", bind=True, singleton=True,
+              singleton_key="{k}", singleton_mode="latest", lock_ttl=60.0, max_retries=None)
+    def latest(self: Any, k: str, x: int) -> Any:
+        return model.eager_body(self, Call("latest", k, x))
+
+    # 1 ms: the due time passes at once, so the model needs no clock (a delivery that
+    # still comes early is re-published, and that copy is delivered like any other)
+    @app.task(base=KVTask, shared=False, name="m.deb", bind=True, debounce=0.001,
+              debounce_key="{k}", lock_ttl=60.0, max_retries=None)
+    def deb(self: Any, k: str, x: int) -> Any:
+        return model.eager_body(self, Call("deb", k, x))
+
+    @app.task(base=KVTask, shared=False, name="m.lead", bind=True, debounce=0.001,
+              debounce_key="{k}", debounce_edge="leading", lock_ttl=60.0, max_retries=None)
+    def lead(self: Any, k: str, x: int) -> Any:
+        return model.eager_body(self, Call("lead", k, x))
+
     @app.task(shared=False, name="m.plain")
     def plain(k: str, x: int, fail: bool = False) -> None:
         raise AssertionError("the model runs m.plain itself")
@@ -271,6 +355,19 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   gone = 1
 end
 return gone
+"""
+
+# A dead run's burst lease running out: the model's clock. Rather than wait lock_ttl, the
+# running burst's deadline (rdl) is moved into the past; the hash itself stays (burst_expire
+# remembers a lapsed run for the queued TTL), as it would when the time really passed.
+LAPSE_BURST_IF_OWNED = """
+local lapsed = 0
+if redis.call('HGET', KEYS[1], 'rtok') == ARGV[1] then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'rdl', tonumber(t[1]) * 1000 - 1000)
+  lapsed = 1
+end
+return lapsed
 """
 
 
@@ -311,16 +408,34 @@ class LifecycleModel(RuleBasedStateMachine):
         self.broker_down = False
         self.fast: tuple[float | None] | None = None  # (retry countdown or None,)
         self.fast_retried: tuple[Call, str, float] | None = None
+        # bursts: every trigger, the triggers each burst absorbed before it fired, the
+        # sequence number it fired with, every body admitted, and every final outcome
+        self.seqs = itertools.count(1)
+        self.triggers: list[Trigger] = []
+        self.joins: list[Join] = []
+        self.pending: dict[str, list[Join]] = {}  # burst id -> joins before it fired
+        self.fired: dict[str, Join] = {}  # burst id -> the join whose arguments it ran
+        self.bodies: list[Body] = []
+        self.burst_ids: set[str] = set()
+        # (task, key) -> the burst the hash holds as running (until its run's final outcome;
+        # a killed run stays there, lapsed); and a lapsed run -> the burst that fired over it
+        # (its triggers are covered by that one, whose result its messages end with)
+        self.running_burst: dict[tuple[str, str], str] = {}
+        self.covered: dict[str, str] = {}
+        self.eager_trigger: Trigger | None = None
+        self.outcomes: dict[str, tuple[bool, Any]] = {}
+        self.refused: dict[str, Any] | None = None  # the header of a publish that raised
         self.app.amqp.send_task_message = self._capture
 
     # -- the broker ------------------------------------------------------------------------
 
     def _capture(self, producer: Any, name: str, message: Any, **options: Any) -> None:
         """``amqp.send_task_message``: keep the message instead of sending it."""
-        if self.broker_down:
-            raise BrokerDown("the broker refused the message")
         headers = dict(message.headers)
         headers.update(options.get("headers") or {})
+        if self.broker_down:
+            self.refused = roundtrip(headers.get("celery_kv") or {})
+            raise BrokerDown("the broker refused the message")
         args, kwargs, embed = roundtrip(list(message.body))
         msg = Msg(next(self.numbers), name, headers["id"], args, kwargs, embed,
                   roundtrip(headers), roundtrip(dict(message.properties)))
@@ -331,6 +446,8 @@ class LifecycleModel(RuleBasedStateMachine):
                 known = self.ident[(msg.task_id, msg.name)] = self.calling
                 self.ids[msg.task_id] = None
             msg.call = known
+            if known.burst:
+                self.burst_ids.add(msg.task_id)
         self.published.append(msg)
         self.queue.append(msg)
         if self.fast is not None:  # a fast worker takes it before publish() returns
@@ -398,6 +515,16 @@ class LifecycleModel(RuleBasedStateMachine):
         task = self._task(f"m.{lock[0]}")
         return str(self.kv.store.keys.key("lock", (task.name, lock[1])))
 
+    def _burst_key(self, lock: tuple[str, str]) -> str:
+        return str(self.kv.store.keys.key("burst", (f"m.{lock[0]}", lock[1])))
+
+    def _burst(self, lock: tuple[str, str]) -> dict[str, str]:
+        return self.r.hgetall(self._burst_key(lock))
+
+    def _now_ms(self) -> int:
+        seconds, micros = self.r.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def _record_key(self, call: Call) -> str:
         task = self._task(call.name)
         keys = task.kv_keys((call.k, call.x), idempotency_key=call.key)
@@ -406,6 +533,9 @@ class LifecycleModel(RuleBasedStateMachine):
     def _holders(self, call: Call) -> set[str | None]:
         """The task ids that hold a call's keys now (a lock's successor included)."""
         holders: set[str | None] = set()
+        if call.burst:  # absorbed by the pending burst or by a leading window
+            assert call.lock is not None
+            return set(self.r.hmget(self._burst_key(call.lock), "pid", "wid")) - {None}
         if call.lock is not None:
             owner, successor = self.r.hmget(self._lock_key(call.lock), "owner", "next")
             holders |= {task_id_of(owner), successor}
@@ -432,7 +562,7 @@ class LifecycleModel(RuleBasedStateMachine):
                 for key in keys}
 
     def _is_claim(self, key: str) -> bool:
-        if key.startswith(f"{self.prefix}:lock:"):
+        if key.startswith((f"{self.prefix}:lock:", f"{self.prefix}:burst:")):
             return not key.endswith(":fence")
         return key.startswith(f"{self.prefix}:idem:")
 
@@ -454,6 +584,16 @@ class LifecycleModel(RuleBasedStateMachine):
         before = len(self.published)
         verdict, value = self._start(task, request, execution)
         new = self._new_messages(before)
+        if call.burst:
+            self._burst_delivered(msg, request, execution, (verdict, value), new)
+            if self._came_early(msg, new):
+                # Its 1 ms countdown passes: the copy is delivered now, so that a step's
+                # outcome does not depend on how fast the step ran (hypothesis replays it).
+                # (the copy is not added to the delivered messages: a broker redelivers the
+                # original, so the messages a step leaves do not depend on its speed either)
+                self.queue.remove(new[0])
+                self._deliver(new[0], redelivered=False)
+            return
         if verdict in ("deferred", "quiet"):
             assert [m.task_id for m in new] == [msg.task_id], (
                 f"a deferred {msg} must re-publish its own id once, published {new}")
@@ -480,6 +620,155 @@ class LifecycleModel(RuleBasedStateMachine):
                 assert isinstance(value, IdempotencyKeyReused), f"start of {msg}: {value!r}"
             self.resolved.add(msg.task_id)
             self._call_back(msg, failed=True)
+
+    # -- bursts ----------------------------------------------------------------------------
+
+    def _burst_delivered(self, msg: Msg, request: Context, execution: Execution,
+                         started: tuple[str, Any], new: list[Msg]) -> None:
+        """A delivery of a burst task's message: the burst it fires or takes over, the burst
+        a send_task message joins, or the run a follower ends with."""
+        verdict, value = started
+        call = msg.call
+        assert call is not None
+        header = msg.headers.get("celery_kv") or {}
+        if verdict == "quiet" and not new:  # Drop: a message of an older nonce
+            assert header.get("burst_msg"), f"{msg} dropped, but it carries no nonce"
+            return
+        if verdict in ("deferred", "quiet"):
+            assert [m.task_id for m in new] == [msg.task_id], (
+                f"a deferred {msg} must re-publish its own id once, published {new}")
+            assert new[0].headers["retries"] == msg.headers["retries"], (
+                f"a deferral of {msg} used up a retry: {new[0]}")
+            if not header:  # a send_task message: armed at this delivery
+                again = new[0].headers.get("celery_kv") or {}
+                if again.get("published_duplicate"):
+                    self._join_at_worker(msg, str(again["duplicate_of"]))
+                elif again.get("burst_msg"):
+                    self._join_at_worker(msg, msg.task_id)
+            return
+        assert not new, f"start of {msg} ({verdict}) published {new}"
+        holder = header.get("duplicate_of") if header.get("published_duplicate") else None
+        if holder is None:
+            holder = self.covered.get(msg.task_id)
+        if verdict == "running":
+            try:
+                self._burst_admitted(msg, request, holder)
+            finally:  # live even when a check fails: the teardown stops its heartbeat
+                self.live.append(Live(next(self.numbers), msg, call, execution, request))
+        elif verdict == "replayed":  # a follower, handed the value of the run it followed
+            assert holder is not None, (
+                f"{msg} ({header}) ended with {value!r} without its body, following nothing")
+            assert self.outcomes.get(holder) == (True, value), (
+                f"follower {msg} ended with {value!r}, but {holder} ended with "
+                f"{self.outcomes.get(holder)!r}")
+            self._ended(msg.task_id, True, value)
+            self._call_back(msg, value)
+        elif verdict == "already finished":
+            assert msg.task_id in self.resolved, (
+                f"{msg}: the completion mark says finished, but it never reached an outcome")
+        else:
+            assert verdict == "failed", verdict
+            assert holder is not None and self.outcomes.get(holder, (True,))[0] is False, (
+                f"{msg} failed at its start ({value!r}); it follows {holder}, which ended "
+                f"with {self.outcomes.get(holder or '')!r}")
+            self._ended(msg.task_id, False, None)
+            self._call_back(msg, failed=True)
+
+    def _burst_admitted(self, msg: Msg, request: Context, holder: str | None) -> None:
+        """Invariants 1, 2 and 4 as a burst body is admitted."""
+        call = msg.call
+        assert call is not None
+        # a follower runs only its own id's burst: a send_task message delivered again
+        # after it joined another burst joins anew, and may start a burst of its own id
+        assert holder is None or msg.task_id in self.pending or msg.task_id in self.fired, (
+            f"{msg}, a follower of {holder}, ran the body")
+        assert msg.task_id not in self.covered, (
+            f"{msg} ran the body, but burst {self.covered[msg.task_id]} fired over its "
+            "lapsed run with newer arguments")
+        if "celery_kv" not in msg.headers and msg.task_id not in self.fired \
+                and msg.task_id not in self.pending:
+            self._join_at_worker(msg, msg.task_id)  # armed at the worker, and due at once
+        self._check_free_for(call, msg.task_id)
+        self._check_fence(call, msg.task_id, getattr(request, "kv_fence", None))
+        self._fired(call, msg.task_id, int(request.args[1]))
+
+    @staticmethod
+    def _came_early(msg: Msg, new: list[Msg]) -> bool:
+        """The delivery came before its burst's due time: re-published for that time (with
+        a countdown, not a backoff: no wait is counted, and it follows nothing)."""
+        if len(new) != 1:
+            return False
+        before, after = msg.headers.get("celery_kv") or {}, new[0].headers.get("celery_kv") or {}
+        return (bool(after.get("burst_msg")) and not after.get("published_duplicate")
+                and after.get("waits") == before.get("waits"))
+
+    def _new_trigger(self, task: str, k: str, how: str) -> Trigger:
+        trigger = Trigger(Call(task, k, next(self.seqs)), how)
+        self.triggers.append(trigger)
+        return trigger
+
+    def _window_closed(self, call: Call) -> None:
+        """Wait for the 1 ms leading window of the key to close, so that whether a trigger
+        falls into it does not depend on how fast the last steps ran."""
+        if call.task == "lead":
+            assert call.lock is not None
+            key = self._burst_key(call.lock)
+            wait_for(lambda: int(self.r.hget(key, "wend") or 0) < self._now_ms(),
+                     what=f"the leading window of {key} to close", interval=0.001)
+
+    def _join(self, trigger: Trigger, burst: str) -> Join:
+        """The trigger was absorbed into ``burst`` (pending, or a leading window)."""
+        join = Join(len(self.joins) + 1, trigger, burst, len(self.bodies))
+        if burst in self.fired:  # only a leading window absorbs into a run that started
+            assert trigger.call.task == "lead", (
+                f"{trigger} joined burst {burst}, which already fired with "
+                f"{self.fired[burst].trigger}")
+            join.window = True
+        else:
+            self.pending.setdefault(burst, []).append(join)
+        trigger.joined += 1
+        self.joins.append(join)
+        return join
+
+    def _join_at_worker(self, msg: Msg, burst: str) -> None:
+        trigger = next(t for t in self.triggers if t.task_id == msg.task_id)
+        self._join(trigger, burst)
+
+    def _fired(self, call: Call, task_id: str, seq: int) -> None:
+        """A burst body was admitted with the arguments of trigger ``seq``: the latest join
+        before it fired (a leading edge too: the model lets its window close before each
+        trigger, so no trigger is dropped by it); a takeover keeps them. A burst that
+        fires over a lapsed run covers that run."""
+        fired = self.fired.get(task_id)
+        lapsed = self.running_burst.get(call.lock or ("", ""))
+        if fired is None and lapsed is not None and lapsed != task_id:
+            self.covered[lapsed] = task_id  # it fired over a lapsed run (a killed worker)
+        self.running_burst[call.lock or ("", "")] = task_id
+        if fired is None:
+            joins = self.pending.pop(task_id, [])
+            assert joins, f"burst {task_id} ({call.task} {call.k}) fired, but nothing joined it"
+            fired = joins[-1]
+            assert seq == fired.trigger.seq, (
+                f"burst {task_id} ({call.task} {call.k}) fired with trigger {seq}, but the "
+                f"triggers it absorbed were {[j.trigger.seq for j in joins]}")
+            self.fired[task_id] = fired
+        else:
+            assert seq == fired.trigger.seq, (
+                f"burst {task_id} ({call.task} {call.k}) fired with trigger "
+                f"{fired.trigger.seq}, but a later delivery ran it with trigger {seq}")
+        self.bodies.append(Body(len(self.bodies) + 1, fired, task_id))
+
+    def _ended(self, task_id: str, succeeded: bool, value: Any, run: Live | None = None
+               ) -> None:
+        """A burst task id's final outcome, kept in the result backend (followers read it)."""
+        if run is not None and self.running_burst.get(run.call.lock or ("", "")) == task_id:
+            del self.running_burst[run.call.lock or ("", "")]  # the finish step deleted it
+        self.resolved.add(task_id)
+        self.outcomes[task_id] = (succeeded, value)
+        if succeeded:
+            self.app.backend.store_result(task_id, value, "SUCCESS")
+        else:
+            self.app.backend.mark_as_failure(task_id, RuntimeError(f"{task_id} failed"))
 
     def _call_back(self, msg: Msg, value: Any = None, failed: bool = False) -> None:
         """After a final outcome the worker calls the message's ``link`` callbacks with the
@@ -564,8 +853,9 @@ class LifecycleModel(RuleBasedStateMachine):
     # -- rules: callers --------------------------------------------------------------------
 
     def _apply_async(self, call: Call, explicit_id: bool, inside: Live | None = None,
-                     broker_down: bool = False, fast: tuple[float | None] | None = None
-                     ) -> None:
+                     broker_down: bool = False, fast: tuple[float | None] | None = None,
+                     options: dict[str, Any] | None = None) -> Any:
+        """``apply_async``, checked; the result handed out, or None when it raised."""
         task = self._task(call.name)
         task_id = uuid.uuid4().hex if explicit_id else None
         before = len(self.published)
@@ -573,18 +863,19 @@ class LifecycleModel(RuleBasedStateMachine):
         if inside is not None:
             task.request_stack.push(inside.request)
         try:
-            result = task.apply_async((call.k, call.x), task_id=task_id, **call.options())
+            result = task.apply_async((call.k, call.x), task_id=task_id, **call.options(),
+                                      **(options or {}))
         except IdempotencyKeyReused:
             assert call.key is not None, f"{call}: IdempotencyKeyReused without an explicit key"
             assert not self._new_messages(before)
-            return
+            return None
         except IdempotencyOutcomeUnknown as exc:
             assert self._lapsed(call), f"{call}: {exc}, but its record has not lapsed"
             assert not self._new_messages(before)
-            return
+            return None
         except BrokerDown:
             assert broker_down and not self._new_messages(before)
-            return
+            return None
         finally:
             if inside is not None:
                 task.request_stack.pop()
@@ -607,6 +898,7 @@ class LifecycleModel(RuleBasedStateMachine):
                 f"duplicate apply_async{call} handed out {result.id}, but its keys are held "
                 f"by {holders}")
         self.handed.append(Handed(result, call, "apply_async"))
+        return result
 
     @rule(target=calls, task=st.sampled_from(TASKS), k=st.sampled_from(KEYS),
           x=st.integers(0, 1), key=st.sampled_from(EXPLICIT), explicit_id=st.booleans())
@@ -661,7 +953,10 @@ class LifecycleModel(RuleBasedStateMachine):
     @guarded
     def send_task(self, task: str, k: str, x: int) -> None:
         """A message that skips apply_async (``send_task``, beat, another service)."""
-        call = Call(task, k, x)
+        self._send_task(Call(task, k, x))
+
+    def _send_task(self, call: Call) -> str:
+        k, x = call.k, call.x
         before = len(self.published)
         self.calling = call
         try:
@@ -672,6 +967,7 @@ class LifecycleModel(RuleBasedStateMachine):
         assert [m.task_id for m in new] == [result.id]
         assert "celery_kv" not in new[0].headers
         self.handed.append(Handed(result, call, "send_task"))
+        return str(result.id)
 
     @rule(task=st.sampled_from(TASKS), k=st.sampled_from(KEYS), x=st.integers(0, 1),
           key=st.sampled_from(EXPLICIT))
@@ -711,7 +1007,77 @@ class LifecycleModel(RuleBasedStateMachine):
         self._check_free_for(call, task.request.id)
         self._check_fence(call, task.request.id, task.fence)
         self.eager_ran = self._value(task.request.id)
+        if call.burst:  # apply() runs at once with its own arguments, when the key is free
+            trigger = self.eager_trigger
+            assert trigger is not None and trigger.call == call, (trigger, call)
+            join = Join(len(self.joins) + 1, trigger, task.request.id, len(self.bodies))
+            self.joins.append(join)
+            trigger.joined += 1
+            self.bodies.append(Body(len(self.bodies) + 1, join, task.request.id))
+            # it took the running slot over any lapsed run, and its final outcome empties it
+            self.running_burst.pop(call.lock or ("", ""), None)
         return self.eager_ran
+
+    # -- rules: burst triggers -------------------------------------------------------------
+
+    @rule(task=st.sampled_from(BURSTS), k=st.sampled_from(KEYS),
+          how=st.sampled_from(("apply_async", "explicit id", "link")),
+          broker_down=st.booleans())
+    @guarded
+    def trigger(self, task: str, k: str, how: str, broker_down: bool) -> None:
+        """A trigger of a burst task through apply_async: it starts a burst (published under
+        the burst's id, due after the debounce) or joins the pending one (absorbed: handed
+        the burst's id, nothing published); one with a caller-given id or a callback is
+        published anyway and follows the burst. ``broker_down``: the publish raises."""
+        trigger = self._new_trigger(task, k, how)
+        self._window_closed(trigger.call)
+        options = {"link": self._task("m.plain").si(k, 0, False)} if how == "link" else {}
+        before = len(self.published)
+        self.refused = None
+        result = self._apply_async(trigger.call, how == "explicit id", broker_down=broker_down,
+                                   options=options)
+        new = self._new_messages(before)
+        if result is None:  # the publish raised: a burst it started was unarmed
+            refused = self.refused or {}
+            if refused.get("published_duplicate"):  # but a follower's arguments joined
+                self._join(trigger, str(refused["duplicate_of"]))
+            trigger.refused = True
+            return
+        header = new[0].headers.get("celery_kv") or {} if new else {}
+        if header.get("published_duplicate"):
+            assert result.id != header["duplicate_of"], header
+            self._join(trigger, str(header["duplicate_of"]))
+        else:
+            assert not new or header.get("burst_msg"), f"{trigger} published {new[0]}"
+            self._join(trigger, result.id)
+
+    @rule(task=st.sampled_from(BURSTS), k=st.sampled_from(KEYS))
+    @guarded
+    def trigger_by_send_task(self, task: str, k: str) -> None:
+        """A trigger that skips apply_async: it joins a burst when a worker takes it."""
+        trigger = self._new_trigger(task, k, "send_task")
+        self._window_closed(trigger.call)
+        trigger.task_id = self._send_task(trigger.call)
+
+    @rule(task=st.sampled_from(BURSTS), k=st.sampled_from(KEYS))
+    @guarded
+    def trigger_eagerly(self, task: str, k: str) -> None:
+        """``apply()``: runs at once with its own arguments unless the key's run is going."""
+        trigger = self._new_trigger(task, k, "apply")
+        self._window_closed(trigger.call)
+        self.calling, self.eager_ran, self.eager_trigger = trigger.call, None, trigger
+        before = len(self.published)
+        try:
+            result = self._task(trigger.call.name).apply((k, trigger.seq))
+        finally:
+            self.calling, self.eager_trigger = None, None
+        assert not self._new_messages(before), "apply() published a message"
+        if result.state == "SUCCESS":
+            assert self.eager_ran is not None and result.result == self.eager_ran
+        else:
+            assert isinstance(result.result, LockNotAcquired), f"apply{trigger}: {result.result!r}"
+            assert self.eager_ran is None
+            trigger.refused = True
 
     # -- rules: the worker -----------------------------------------------------------------
 
@@ -742,6 +1108,8 @@ class LifecycleModel(RuleBasedStateMachine):
         run.execution.finish(outcome)
         self._completed(run.call, run.task_id, value)
         self.resolved.add(run.task_id)
+        if run.call.burst:
+            self._ended(run.task_id, True, value, run)
         self._call_back(run.msg, value)
 
     @precondition(lambda self: self.live)
@@ -751,9 +1119,11 @@ class LifecycleModel(RuleBasedStateMachine):
         run = self.live.pop(i % len(self.live))
         run.execution.finish(FAILED)
         self.resolved.add(run.task_id)
+        if run.call.burst:
+            self._ended(run.task_id, False, None, run)
         self._call_back(run.msg, failed=True)
 
-    @precondition(lambda self: self.live)
+    @precondition(lambda self: any(not run.call.burst for run in self.live))
     @rule(i=st.integers(0, 7),
           by=st.sampled_from(("itself", "another", "plain", "plain that fails")))
     @guarded
@@ -761,8 +1131,10 @@ class LifecycleModel(RuleBasedStateMachine):
         """``return self.replace(sig)`` in the body: the replacement takes over the task
         id (Celery freezes it with the same id) and the claims; celery-kv links its settle
         callbacks to it, which finish the claims with the replacement's outcome. ``by``:
-        the task itself, another coordinated task, or a task that is not coordinated."""
-        run = self.live.pop(i % len(self.live))
+        the task itself, another coordinated task, or a task that is not coordinated.
+        (Not a burst task's run: the model leaves their replacements out.)"""
+        run = self._pick([run for run in self.live if not run.call.burst], i)
+        self.live.remove(run)
         task = self._task(run.msg.name)
         k, x = run.call.k, run.call.x
         other = TASKS[(TASKS.index(run.call.task) + 1) % len(TASKS)]
@@ -819,6 +1191,14 @@ class LifecycleModel(RuleBasedStateMachine):
         """Claims handed back to a queued task id last its countdown plus the queued TTL."""
         queued_ttl = self._task(call.name)._kv_policy.queued_ttl
         least = (countdown + queued_ttl) * 1000 - 5000
+        if call.burst:
+            assert call.lock is not None
+            key = self._burst_key(call.lock)
+            if self.r.hmget(key, "rid", "rtok") == [task_id, ""]:
+                ttl = self.r.pttl(key)
+                assert ttl >= least, f"after {what} ({countdown} s) the burst of {task_id} " \
+                                     f"lives {ttl} ms, not {countdown} s + {queued_ttl} s"
+            return
         if call.lock is not None:
             key = self._lock_key(call.lock)
             if self.r.hget(key, "owner") == task_id:
@@ -842,13 +1222,16 @@ class LifecycleModel(RuleBasedStateMachine):
         the worker marks the id failed (WorkerLostError)."""
         run = self.live.pop(i % len(self.live))
         run.execution._stop_heartbeat()
-        run.leases = {name for name, held in (("lock", run.call.lock), ("record", run.call.idem))
-                      if held is not None}
+        run.leases = {"burst"} if run.call.burst else {
+            name for name, held in (("lock", run.call.lock), ("record", run.call.idem))
+            if held is not None}
         self.dead.append(run)
         if redelivered:
             self.queue.append(run.msg)
         else:  # marked failed by the worker, which calls the message's errbacks
             self.resolved.add(run.task_id)
+            if run.call.burst:
+                self._ended(run.task_id, False, None)
             self._call_back(run.msg, failed=True)
 
     @precondition(lambda self: self.dead)
@@ -862,7 +1245,9 @@ class LifecycleModel(RuleBasedStateMachine):
 
     def _expire(self, run: Live, which: str) -> None:
         call = run.call
-        if which == "lock" and call.lock is not None:
+        if which == "burst" and call.lock is not None:
+            self.r.eval(LAPSE_BURST_IF_OWNED, 1, self._burst_key(call.lock), run.token)
+        if which == "lock" and call.lock is not None and not call.burst:
             self.r.eval(EXPIRE_IF_OWNED, 1, self._lock_key(call.lock), "owner", run.token)
         if which == "record" and call.idem is not None:
             self.r.eval(LAPSE_IF_OWNED, 1, self._record_key(call), run.token)
@@ -870,24 +1255,26 @@ class LifecycleModel(RuleBasedStateMachine):
         if not run.leases:
             self.dead.remove(run)
 
-    @precondition(lambda self: self.ids)
+    @precondition(lambda self: any(task_id not in self.burst_ids for task_id in self.ids))
     @rule(i=st.integers(0, 15))
     @guarded
     def revoke(self, i: int) -> None:
         """``revoke(id)``: every worker discards the id's messages from now on, and each
         discard fires ``task_revoked`` (a running body goes on)."""
         # ids a caller knows (not celery-kv's settle callbacks), the last queued first
+        # (not the burst tasks': the model leaves their revokes out)
         queued = [m.task_id for m in reversed(self.queue) if m.task_id in self.ids]
-        ids = list(dict.fromkeys([*queued, *self.ids]))
+        ids = [task_id for task_id in dict.fromkeys([*queued, *self.ids])
+               if task_id not in self.burst_ids]
         self.revoked.add(self._pick(ids, i))
 
-    @precondition(lambda self: self.live)
+    @precondition(lambda self: any(not run.call.burst for run in self.live))
     @rule(i=st.integers(0, 7), terminate=st.booleans())
     @guarded
     def revoke_running(self, i: int, terminate: bool) -> None:
         """``revoke(id, terminate=...)`` of a running id: with terminate=True the body is
         killed and ``task_revoked`` fires for it."""
-        run = self._pick(self.live, i)
+        run = self._pick([run for run in self.live if not run.call.burst], i)
         self.revoked.add(run.task_id)
         if not terminate:
             return
@@ -918,6 +1305,12 @@ class LifecycleModel(RuleBasedStateMachine):
                 continue
             assert lock not in seen, f"{lock}: {seen[lock]} and {run} run at once"
             seen[lock] = run
+            if run.call.burst:  # the burst hash's running burst is this run
+                fields = snapshot.get(self._burst_key(lock), (0, {}))[1]
+                running = (fields.get("rid"), fields.get("rtok"))
+                assert running == (run.task_id, run.token), (
+                    f"{run} runs, but the burst hash of {lock} says {running}")
+                continue
             owner = snapshot.get(self._lock_key(lock), (0, {}))[1].get("owner")
             assert owner == run.token, f"{run} runs, but the lock {lock} is held by {owner!r}"
         for run in self.live:
@@ -955,7 +1348,9 @@ class LifecycleModel(RuleBasedStateMachine):
     def every_key_has_a_ttl(self) -> None:
         """Invariant 4 (SCAN of the example's prefix)."""
         for key, (ttl, _) in self._snapshot().items():
-            assert ttl > 0 or ttl == -2, f"{key} has no TTL ({ttl})"
+            # -1: no TTL (-2: gone since the SCAN; 0: expiring in under a millisecond, as a
+            # leading window of 1 ms does)
+            assert ttl != -1, f"{key} has no TTL ({ttl})"
 
     @invariant()
     @guarded
@@ -974,6 +1369,30 @@ class LifecycleModel(RuleBasedStateMachine):
                 assert owner in queued, (
                     f"{key} is held by {owner} ({self._calls_of(owner)}), which is not queued"
                     f"{' (revoked)' if owner in self.revoked else ''}")
+        for key, pending, running in self._bursts():
+            assert pending is None or pending in queued, (
+                f"{key}: pending burst {pending}, whose message is not queued")
+            if running is not None:
+                task_id, token = running
+                if token:
+                    assert token in tokens, f"{key}: running burst {task_id}, a run that is over"
+                else:
+                    assert task_id in queued, (
+                        f"{key}: burst {task_id} handed back, but its message is not queued")
+
+    def _bursts(self) -> list[tuple[str, str | None, tuple[str, str] | None]]:
+        """(key, pending burst's id, (running burst's id, token)) of every burst hash; a
+        running burst whose lease ran out counts as none (its message may come back, or
+        not)."""
+        now, found = self._now_ms(), []
+        for key, (_, fields) in self._snapshot().items():
+            if ":burst:" not in key or key.endswith(":fence"):
+                continue
+            running = None
+            if "rid" in fields and int(fields["rdl"]) > now:
+                running = (fields["rid"], fields["rtok"])
+            found.append((key, fields.get("pid"), running))
+        return found
 
     def _calls_of(self, task_id: str) -> list[Call]:
         return [call for (known, _), call in self.ident.items() if known == task_id]
@@ -1037,9 +1456,33 @@ class LifecycleModel(RuleBasedStateMachine):
         held = self._claims()
         assert not held, f"held after every message ended: {held}"
         self.every_key_has_a_ttl()
+        self._every_trigger_ran()
+
+    def _every_trigger_ran(self) -> None:
+        """Invariants 3 and 5 of the bursts, once everything ran: every trigger joined a
+        burst (or its caller was told it failed); every join is covered by a body of its
+        key that started after it joined and runs the arguments of that join or a later
+        one (a leading window absorbs triggers into a run that started: that is its rule);
+        no burst hash holds a pending or running burst."""
+        for trigger in self.triggers:
+            assert trigger.joined or trigger.refused, f"{trigger} never joined a burst"
+        for join in self.joins:
+            if join.window:
+                continue
+            call = join.trigger.call
+            covering = [body for body in self.bodies if body.no > join.made
+                        and (body.join.trigger.call.task, body.join.trigger.call.k)
+                        == (call.task, call.k) and body.join.no >= join.no]
+            assert covering, (
+                f"trigger {call.x} ({join.trigger.how}, {call.task} {call.k}, joined "
+                f"{join.burst}) is lost: the bodies of its key after it ran "
+                f"{[(b.task_id, b.join.trigger.seq) for b in self.bodies[join.made:]]}")
+        left = [(key, pending, running) for key, pending, running in self._bursts()
+                if pending or running]
+        assert not left, f"bursts left after every message ended: {left}"
 
 
-SETTINGS = settings(max_examples=200, stateful_step_count=40, deadline=None,
+SETTINGS = settings(max_examples=300, stateful_step_count=40, deadline=None,
                     report_multiple_bugs=False,
                     phases=[p for p in Phase if p is not Phase.explain],  # explain: slow
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -1052,7 +1495,7 @@ def model(redis_srv: RedisServer) -> Iterator[type[LifecycleModel]]:
     LifecycleModel.url = ""
 
 
-@pytest.mark.timeout(900)  # about 25 s when it passes; shrinking a failure takes minutes
+@pytest.mark.timeout(900)  # about 40 s when it passes; shrinking a failure takes minutes
 def test_lifecycle_model(model: type[LifecycleModel]) -> None:
     run_state_machine_as_test(model, settings=SETTINGS)
 
@@ -1198,3 +1641,81 @@ def test_a_replacement_refused_by_the_completion_mark_frees_what_it_claimed(
          ("redeliver", {"i": 0}),  # the replaced message again: it runs
          ("finish_success", {"i": 0}),  # the id is finished
          ("start", {"i": 0}))  # the replacement: acknowledged without running
+
+
+# -- bursts (debounce, keep-latest): what the state machine found -------------------------
+#
+# 8. A leading-edge burst whose message has not run yet absorbs a trigger that comes after
+#    its window closed (1 ms here) and drops that trigger's arguments: the burst runs the
+#    first trigger's, and no body ever runs the second's. task_burst_arm.lua's header says a
+#    pending burst takes the absorbed trigger's arguments; its code keeps them for 'leading'.
+
+
+def test_a_pending_leading_burst_takes_the_arguments_of_a_trigger_after_its_window(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("trigger", {"task": "lead", "k": "a", "how": "apply_async", "broker_down": False}),
+         # the window (1 ms) closes before this one: it joins the burst still pending
+         ("trigger", {"task": "lead", "k": "a", "how": "apply_async", "broker_down": False}),
+         ("start", {"i": 0}))  # must run trigger 2's arguments (runs trigger 1's)
+
+
+# 9. A burst that fires over a lapsed run (a killed worker) covers that run's triggers, and
+#    a redelivery of the lapsed run's message follows it (lid/lby). Not when the message
+#    came from send_task: it carries no message nonce, so its redelivery is armed again as
+#    a new trigger and runs the older arguments after the newer burst ran.
+
+
+def test_a_redelivered_send_task_message_follows_the_burst_that_fired_over_it(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("trigger_by_send_task", {"task": "latest", "k": "a"}),  # trigger 1
+         ("start", {"i": 0}),  # armed at the worker; its body runs with 1
+         ("kill", {"i": 0, "redelivered": True}),
+         ("lease_runs_out", {"i": 0, "which": "lock"}),  # the model's clock: rdl passes
+         ("trigger", {"task": "latest", "k": "a", "how": "apply_async", "broker_down": False}),
+         ("start", {"i": 1}),  # trigger 2's burst fires over the lapsed run
+         ("finish_success", {"i": 0}),
+         ("start", {"i": 0}))  # the killed run's message: must end with run 2's result
+
+
+# 10. A follower (caller-given id, or a callback) of a burst whose run was SIGKILLed and not
+#     redelivered (the worker marked it failed): the lapsed run stays in the burst hash
+#     (remembered for kv_queued_ttl), and the follower answers 'follow' to it, re-published
+#     on every backoff, although the run's outcome is in the result backend already: it
+#     resolves only when the hash forgets the run (an hour by default) or a later burst of
+#     the key fires.
+
+
+def test_a_follower_of_a_lapsed_run_ends_with_its_outcome(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("trigger", {"task": "latest", "k": "a", "how": "apply_async", "broker_down": False}),
+         ("trigger", {"task": "latest", "k": "a", "how": "explicit id", "broker_down": False}),
+         ("start", {"i": 0}),  # the burst fires, with trigger 2's arguments
+         ("kill", {"i": 0, "redelivered": False}),  # marked failed by the worker
+         ("lease_runs_out", {"i": 0, "which": "lock"}),
+         ("start", {"i": 0}))  # the follower: must fail with the run (waits, then drains out)
+
+
+# 11. apply() of a burst task takes the running slot when the key's run is not going,
+#     including over a run whose lease lapsed (a killed worker), without recording what it
+#     replaced (a burst that fires over a lapsed run records lid/lby). The lapsed run's
+#     redelivered message then finds no record of its burst and runs its own arguments
+#     (the first trigger's), not the ones its burst fired with.
+
+
+def test_a_lapsed_burst_taken_over_after_an_eager_run_keeps_its_arguments(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("trigger", {"task": "deb", "k": "a", "how": "apply_async", "broker_down": False}),
+         ("trigger", {"task": "deb", "k": "a", "how": "apply_async", "broker_down": False}),
+         ("start", {"i": 0}),  # the burst fires with trigger 2's arguments
+         ("kill", {"i": 0, "redelivered": True}),
+         ("lease_runs_out", {"i": 0, "which": "lock"}),
+         ("trigger_eagerly", {"task": "deb", "k": "a"}),  # runs at once, over the lapsed run
+         ("start", {"i": 0}))  # the killed burst's message: must run trigger 2's arguments

@@ -2,9 +2,11 @@
 -- The burst hash holds at most one pending burst (p*: its task id, the latest arguments
 -- as JSON, first trigger, due time, maximum-wait deadline, triggers absorbed, message
 -- nonce), one running burst (r*), and the leading edge's window (w*).
--- * An open leading window absorbs the trigger (its arguments are dropped).
--- * A pending burst absorbs it: the arguments become the trigger's; 'trailing' moves the
---   due time to now + debounce, never past the maximum wait; 'latest' keeps it.
+-- * An open leading window absorbs the trigger: the window's run is the first trigger's,
+--   and the absorbed trigger's arguments are dropped (the leading edge).
+-- * A pending burst absorbs it (for 'leading': one whose window closed while it waits for
+--   the previous run): the arguments become the trigger's; 'trailing' moves the due time
+--   to now + debounce, never past the maximum wait; the other edges keep it.
 -- * A pending burst whose message is presumed lost (its claim was never confirmed, or it
 --   is overdue by the queued TTL) is adopted: same task id, a new message nonce, published
 --   again by this caller (a message of the old nonce that turns up is stale).
@@ -59,10 +61,7 @@ if pid then
   if edge == 'trailing' then
     due = capped(now + math.max(wait, delay), max)
   end
-  if edge ~= 'leading' then
-    redis.call('HSET', KEYS[1], 'pargs', ARGV[6])
-  end
-  redis.call('HSET', KEYS[1], 'pdue', due, 'last', ARGV[2])
+  redis.call('HSET', KEYS[1], 'pdue', due, 'pargs', ARGV[6], 'last', ARGV[2])
   local n = redis.call('HINCRBY', KEYS[1], 'pn', 1)
   if tonumber(f[5]) > now then
     return done({'deny', pid, math.max(due - now, 0), n})

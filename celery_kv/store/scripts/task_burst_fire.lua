@@ -6,12 +6,15 @@
 --   adopted), one that comes before the due time is 'early' (a later trigger moved it:
 --   it is published again for the new due time), one that finds the previous run going
 --   is 'busy'; otherwise the burst fires: it becomes the running burst, with the latest
---   trigger's arguments, and the next trigger starts a new burst. When it fires over a run
---   whose lease lapsed, that run's task id (lid) follows this one (lby): its triggers are
---   covered by these newer arguments, and a redelivery of its message must not run the
---   older ones.
+--   trigger's arguments, and the next trigger starts a new burst.
+-- * Whenever a run takes the burst over a run whose lease lapsed, the lapsed run's task id
+--   (lid) follows the new one (lby): its triggers are covered by the newer run, and a
+--   redelivery of its message must not run the older arguments. An eager apply() covers
+--   nothing (no stored result): the lapsed run is kept owed (largs, ln, lfirst), and a
+--   redelivery of its message runs it once the key is free.
 -- * Another task id published as a duplicate follows the burst it joined ('follow' while
---   that burst is still to run or running, 'followed' once it is over).
+--   that burst is still to run or running, 'followed' once it is over or its run lapsed:
+--   the result backend then has its outcome, or will have once a redelivery ran it).
 -- * A message that skipped apply_async (send_task, beat) is a trigger, armed here.
 -- * Run eagerly (apply()), a call runs at once unless the key's run is going.
 -- KEYS[1] burst hash, KEYS[2] fence counter
@@ -46,7 +49,20 @@ local function running(f)
   return f.rid and tonumber(f.rdl) > now
 end
 
-local function take(rid, args, n, first)
+local function take(f, rid, args, n, first)
+  if f.rid and f.rid ~= rid then
+    if ARGV[13] == '1' then
+      -- an eager apply() over a lapsed run covers nothing (its result is not in the
+      -- backend): the lapsed run is owed, and a redelivery of its message runs it later
+      local r = redis.call('HMGET', KEYS[1], 'rargs', 'rn', 'rfirst')
+      redis.call('HSET', KEYS[1], 'lid', f.rid, 'lby', '', 'largs', r[1], 'ln', r[2],
+        'lfirst', r[3], 'lexp', now + tonumber(keep))
+    else
+      -- the run before lapsed (a killed worker): this run, newer, covers its triggers
+      -- too, so a redelivery of that run's message follows this run instead of running
+      redis.call('HSET', KEYS[1], 'lid', f.rid, 'lby', rid, 'lexp', now + tonumber(keep))
+    end
+  end
   local fence = next_fence()
   redis.call('HSET', KEYS[1], 'rid', rid, 'rtok', token, 'rdl', now + tonumber(ARGV[3]),
     'rfence', fence, 'rargs', args, 'rn', n, 'rfirst', first)
@@ -58,6 +74,18 @@ local function wait_for(f, why, holder, msg)
   return {'deny', why, math.max(tonumber(f.rdl or now) - now, 0), holder or '', msg or ''}
 end
 
+-- a message that joined the burst of task id holder: wait while it is still to run or
+-- running; once it is over (or its run lapsed), its outcome is in the result backend
+local function follow(f, holder)
+  if holder == f.pid then
+    return {'deny', 'follow', math.max(tonumber(f.pdue) - now, 0), holder, ''}
+  end
+  if holder == f.rid and running(f) then
+    return wait_for(f, 'follow', holder)
+  end
+  return {'deny', 'followed', 0, holder, ''}
+end
+
 local f = read()
 if f.rid == id then
   if f.rtok == token then
@@ -66,7 +94,18 @@ if f.rid == id then
   if f.rtok ~= '' and running(f) then
     return wait_for(f, 'self', id)
   end
-  return take(id, f.rargs, f.rn, f.rfirst)
+  return take(f, id, f.rargs, f.rn, f.rfirst)
+end
+if f.lid == id then
+  if f.lby ~= '' then
+    return follow(f, f.lby)
+  end
+  if running(f) then
+    return wait_for(f, 'busy', f.rid)
+  end
+  local l = redis.call('HMGET', KEYS[1], 'largs', 'ln', 'lfirst')
+  redis.call('HDEL', KEYS[1], 'lid', 'lby', 'largs', 'ln', 'lfirst', 'lexp')
+  return take(f, id, l[1], l[2], l[3])
 end
 
 local armed = ''
@@ -75,7 +114,7 @@ if f.pid ~= id and ARGV[6] == '' and ARGV[5] == '' then
     if running(f) then
       return wait_for(f, 'busy', f.rid)
     end
-    return take(id, ARGV[7], 1, now)
+    return take(f, id, ARGV[7], 1, now)
   end
   local reply = task_burst_arm({KEYS[1]}, {id, token, ARGV[8], ARGV[9], ARGV[10], ARGV[7],
     ARGV[14], 0, keep})
@@ -101,32 +140,17 @@ if f.pid == id then
     burst_expire(KEYS, {now, keep})
     return wait_for(f, 'busy', f.rid, armed)
   end
-  if f.rid then
-    -- the run before lapsed (a killed worker): this burst, with newer arguments, covers its
-    -- triggers too, so a redelivery of its message follows this run instead of running
-    redis.call('HSET', KEYS[1], 'lid', f.rid, 'lby', id, 'lexp', now + tonumber(keep))
-  end
   local p = redis.call('HMGET', KEYS[1], 'pargs', 'pn', 'pfirst')
   redis.call('HDEL', KEYS[1], 'pid', 'pnonce', 'pmsg', 'pargs', 'pfirst', 'pdue', 'pmax', 'pn',
     'pexp')
-  return take(id, p[1], p[2], p[3])
+  return take(f, id, p[1], p[2], p[3])
 end
 
-local holder = ARGV[6]
-if holder == '' and f.lid == id then
-  holder = f.lby
-end
-if holder == '' then
+if ARGV[6] == '' then
   -- a message of this key's bursts whose burst is gone (the record lapsed): it still runs
   if running(f) then
     return wait_for(f, 'busy', f.rid)
   end
-  return take(id, ARGV[7], 1, now)
+  return take(f, id, ARGV[7], 1, now)
 end
-if holder == f.pid then
-  return {'deny', 'follow', math.max(tonumber(f.pdue) - now, 0), holder, ''}
-end
-if holder == f.rid then
-  return wait_for(f, 'follow', holder)
-end
-return {'deny', 'followed', 0, holder, ''}
+return follow(f, ARGV[6])
