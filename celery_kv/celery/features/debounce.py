@@ -24,8 +24,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.exceptions import Ignore
-
 from ... import signals
 from ...errors import LockNotAcquired
 from ...primitives._arguments import text, to_ms
@@ -64,12 +62,11 @@ def _ms(seconds: float) -> int:
 class Debounce(Feature):
     name = "debounce"
     options = (DEBOUNCE, KEY, MAX_WAIT, EDGE)
-    header_fields = ("debounce_key", "burst_msg")
+    header_fields = ("debounce_key", "burst_msg", "follow_for")
     claims_at_enqueue = True
 
     def __init__(self, task: TaskDefinition, latest: bool) -> None:
         self.task_name = task.name
-        self.latest = latest
         self.lease = task.get(LOCK_TTL)
         if latest:
             self.key: KeySpec | None = task.get(SINGLETON_KEY)
@@ -82,6 +79,7 @@ class Debounce(Feature):
             if self.max_wait and self.max_wait < self.wait:
                 raise ValueError(f"{task.where(MAX_WAIT)(self.max_wait)} must be >= "
                                  f"debounce={self.wait!r}")
+        self.max_defer = self.wait  # an early timer message comes back at most this late
 
     @classmethod
     def configure(cls, task: TaskDefinition) -> Debounce | None:
@@ -93,20 +91,17 @@ class Debounce(Feature):
             raise ValueError(f"{task.where(DEBOUNCE)(debounce)}: a debounced task already "
                              "runs one at a time per debounce_key; drop singleton=True")
         if debounce is not None or latest:
+            mine = f"debounce={debounce!r}" if debounce is not None else \
+                "singleton_mode='latest'"
             for name in ("idempotent", "cached", "cache_ttl"):
                 value = task.raw(name)
                 if value is not None and value is not False:
                     raise ValueError(f"task {task.name!r}: {name}={value!r} cannot be "
-                                     f"combined with {'debounce' if debounce else 'singleton_mode'}"
-                                     f"={debounce if debounce else 'latest'!r}: a burst "
-                                     "runs with the latest arguments, not each call's")
+                                     f"combined with {mine}: a burst runs with the latest "
+                                     "call's arguments, not each call's")
         if debounce is None and not latest:
             return None
         return cls(task, latest)
-
-    @property
-    def max_defer(self) -> float:  # type: ignore[override]
-        return self.wait
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -136,14 +131,15 @@ class Debounce(Feature):
                              "instead")
         return raw
 
-    def _burst_args(self, ctx: Context) -> tuple[Any, ...]:
-        return (_ms(self.wait), _ms(self.max_wait), self.edge)
+    @property
+    def _timing(self) -> tuple[int, int, str]:
+        return _ms(self.wait), _ms(self.max_wait), self.edge
 
     # -- enqueue ------------------------------------------------------------------------
 
     def claim(self, ctx: Enqueue) -> Step:
         burst, _ = self._keys(ctx)
-        wait, max_wait, edge = self._burst_args(ctx)
+        wait, max_wait, edge = self._timing
         return Step("task_burst_arm", (burst,), (
             ctx.task_id, ctx.nonce, wait, max_wait, edge, self._arguments(ctx),
             to_ms(ctx.policy.enqueue_claim_ttl), _ms(ctx.delay),
@@ -174,7 +170,7 @@ class Debounce(Feature):
 
     def _run_args(self, run: Run, hold: float) -> tuple[Any, ...]:
         assert self.lease is not None
-        wait, max_wait, edge = self._burst_args(run)
+        wait, max_wait, edge = self._timing
         header = run.header
         follows = header.get("duplicate_of") if header.get("published_duplicate") else None
         return (run.token, run.task_id, to_ms(self.lease), FENCE_MS,
@@ -212,20 +208,28 @@ class Debounce(Feature):
         return Wait(busy, hint=hint, quiet=True, marks=marks)
 
     def _resolve(self, run: Run, holder: str) -> Skip | Wait:
-        """A follower whose burst is over ends with that run's result."""
+        """A follower whose burst is over ends with that run's result, read from the result
+        backend (which a redelivered run may still be writing: wait, for at most the
+        queued TTL)."""
+        if run.task.ignore_result:
+            log.warning("task %s[%s]: the run %s it joined is over, but the task keeps no "
+                        "results: ending with None", self.task_name, run.task_id, holder)
+            return Skip()
         result = run.task.AsyncResult(holder)
         try:
             ready = result.ready()
         except NotImplementedError:  # no result backend: nothing to hand on
             return Skip()
         if not ready:
-            return Wait(LockNotAcquired(run.header["debounce_key"], holder, self.task_name),
-                        quiet=True)
+            key = run.header["debounce_key"]
+            return Wait(LockNotAcquired(key, holder, self.task_name), quiet=True,
+                        budget="follow_for", max_total=run.policy.queued_ttl)
         if result.successful():
             return Skip(result.result)
         if isinstance(result.result, BaseException):
             raise result.result
-        raise Ignore()
+        raise RuntimeError(f"task {self.task_name!r}: run {holder}, which this call joined, "
+                           f"ended {result.state}: {result.result!r}")
 
     def renew(self, run: Run) -> Step:
         burst, _ = self._keys(run)
