@@ -317,6 +317,9 @@ def test_a_worker_killed_between_arm_and_fire_loses_no_trigger(
     ({"debounce": 1.0, "cache_ttl": 60}, "cache_ttl=60"),
     ({"singleton": True, "singleton_mode": "latest", "idempotent": True}, "idempotent=True"),
     ({"singleton": True, "singleton_mode": "newest"}, "singleton_mode='newest'"),
+    ({"singleton": True, "singleton_mode": "latest", "on_duplicate": "raise"},
+     "on_duplicate='raise'"),
+    ({"singleton": True, "singleton_mode": "latest", "on_locked": "skip"}, "on_locked='skip'"),
 ])
 def test_bad_options_fail_at_definition_and_name_the_value(
     celery_env: Env, options: dict[str, Any], named: str

@@ -90,6 +90,12 @@ class Singleton(Feature):
         feature = cls(task)  # checks every option, even when off
         feature.check_newer_wins(task, enabled)
         if feature.mode == "latest":
+            for option in (ON_DUPLICATE, ON_LOCKED):
+                if task.is_set(option):
+                    value = task.raw(option.name)
+                    raise ValueError(f"{task.where(option)(value)} does nothing with "
+                                     "singleton_mode='latest': every call joins the pending "
+                                     "run and gets its id")
             return None  # a burst of one pending run: the debounce feature runs it
         return feature if enabled else None
 
