@@ -24,7 +24,17 @@ that raises. The model records which burst each trigger joined and in what order
 send_task message joins when a worker takes it), each burst body admitted and the trigger
 whose arguments it runs, and each final outcome (kept in the result backend, where a
 follower reads it). Burst runs are finished, retried, SIGKILLed (their lease lapses when
-the model moves ``rdl`` into the past) and redelivered, not revoked or replaced.
+the model moves ``rdl`` into the past), redelivered and revoked (a pending burst's id, a
+running one with and without terminate), not replaced. Time passes for a pending burst's
+message (the model moves ``pexp`` into the past) and the next trigger adopts the burst:
+its id is published again with a new nonce, and the old message is stale.
+
+Two more singletons (queued mode) where a newer call wins: ``on_duplicate="replace"`` and
+``on_duplicate="supersede"``, called with increasing sequence numbers (plain, with a
+countdown, with a caller-given id or a callback, through send_task); their runs are
+finished, retried, SIGKILLed, redelivered and revoked like the others, their heartbeat is
+run once on demand (a superseded run learns it there), and a supersede task's body calls
+``kv_checkpoint()``.
 
 After every step it checks, on the model and on Redis:
 
@@ -56,6 +66,18 @@ burst's run is live or dead (6). At the end: every trigger joined a burst (or it
 was told it failed), every join is covered by a body of its key that started after it
 with its arguments or a later trigger's (3), and no burst hash holds a pending or running
 burst (5).
+
+Replace: a body runs the arguments of the latest call its id was handed for (a replace
+re-publishes the id with the newer call's); a stale message (its id re-published by a
+newer call: a replace, or an adopted burst) never runs the body and changes neither the
+key's hash nor the id's result (a burst's stale copy may wait while its id's run goes).
+Supersede: the newer call's id holds the key with a fence above every one seen before;
+a superseded id's message never runs the body and ends REVOKED; a superseded run is told
+at its next renewal, its ``kv_checkpoint()`` then raises and it ends REVOKED; whatever a
+superseded run does (finish, retry, terminate) leaves the key as the newer holder has it;
+and it is the one overlap allowed: two bodies of one key run at once only when all but
+one were superseded. At the end, a call with a callback whose id succeeded had its
+callback called.
 
 The tests after the state machine replay, step by step, the engine bugs it found.
 """
@@ -104,6 +126,7 @@ from celery_kv.celery.execution import SETTLE, SETTLE_FAILED, Execution, _Finish
 from celery_kv.celery.features.base import FAILED
 from celery_kv.celery.install import installed
 from celery_kv.celery.keys import RUN_MARK, task_id_of
+from celery_kv.errors import Superseded
 from celery_kv.testing import RedisServer
 from tests.conftest import wait_for
 
@@ -114,7 +137,10 @@ TASKS = ("single", "idem", "idem_single", "single_running")
 # the burst tasks (keep-latest, trailing debounce, leading debounce): their calls carry a
 # sequence number as ``x``, so that "latest" can be checked
 BURSTS = ("latest", "deb", "lead")
-KV_TASKS = {f"m.{task}" for task in (*TASKS, *BURSTS)}
+# singletons where a newer call wins (on_duplicate "replace" and "supersede"); their calls
+# carry a sequence number as ``x`` too
+NEWER = ("repl", "sup")
+KV_TASKS = {f"m.{task}" for task in (*TASKS, *BURSTS, *NEWER)}
 SETTLES = (SETTLE, SETTLE_FAILED)
 KEYS = ("a", "b")
 EXPLICIT = (None, "K1", "K2")
@@ -154,7 +180,7 @@ class Call:
     @property
     def idem(self) -> tuple[Any, ...] | None:
         """The idempotency key (per task), or None."""
-        if self.task in ("single", "single_running") or self.burst:
+        if self.task in ("single", "single_running", *NEWER) or self.burst:
             return None
         return (self.task, "key", self.key) if self.key else (self.task, "args", self.k, self.x)
 
@@ -323,6 +349,16 @@ def make_app(url: str, prefix: str, model: LifecycleModel) -> Celery:
     def lead(self: Any, k: str, x: int) -> Any:
         return model.eager_body(self, Call("lead", k, x))
 
+    @app.task(base=KVTask, shared=False, name="m.repl", bind=True, singleton=True,
+              singleton_key="{k}", on_duplicate="replace", lock_ttl=60.0, max_retries=None)
+    def repl(self: Any, k: str, x: int) -> Any:
+        return model.eager_body(self, Call("repl", k, x))
+
+    @app.task(base=KVTask, shared=False, name="m.sup", bind=True, singleton=True,
+              singleton_key="{k}", on_duplicate="supersede", lock_ttl=60.0, max_retries=None)
+    def sup(self: Any, k: str, x: int) -> Any:
+        return model.eager_body(self, Call("sup", k, x))
+
     @app.task(shared=False, name="m.plain")
     def plain(k: str, x: int, fail: bool = False) -> None:
         raise AssertionError("the model runs m.plain itself")
@@ -368,6 +404,19 @@ if redis.call('HGET', KEYS[1], 'rtok') == ARGV[1] then
   lapsed = 1
 end
 return lapsed
+"""
+
+
+# A pending burst's message overdue by the queued TTL: the model's clock moves the deadline
+# (pexp) into the past rather than wait an hour (the next trigger adopts the burst).
+OVERDUE_IF_PENDING = """
+local overdue = 0
+if redis.call('HGET', KEYS[1], 'pid') == ARGV[1] then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'pexp', tonumber(t[1]) * 1000 - 1000)
+  overdue = 1
+end
+return overdue
 """
 
 
@@ -425,6 +474,19 @@ class LifecycleModel(RuleBasedStateMachine):
         self.eager_trigger: Trigger | None = None
         self.outcomes: dict[str, tuple[bool, Any]] = {}
         self.refused: dict[str, Any] | None = None  # the header of a publish that raised
+        # newer calls win (replace, supersede) and adopted bursts: the nonce of each task
+        # id's latest message a caller published, the nonces a newer message made stale,
+        # the ids a newer call superseded, the runs told so at a renewal, the highest fence
+        # seen per key (claims and admissions), and the burst ids revoked
+        self.current_msg: dict[str, str] = {}
+        self.stale: set[str] = set()
+        self.stale_bare: set[str] = set()  # replaced ids: their messages without a nonce
+        self.superseded: set[str] = set()
+        self.told: set[int] = set()
+        self.top_fence: dict[tuple[str, str], int] = {}
+        self.revoked_bursts: set[str] = set()
+        self.links: list[tuple[Call, str]] = []  # a call with a callback, and its id
+        self.succeeded: set[str] = set()  # ids of replace and supersede tasks that succeeded
         self.app.amqp.send_task_message = self._capture
 
     # -- the broker ------------------------------------------------------------------------
@@ -445,7 +507,12 @@ class LifecycleModel(RuleBasedStateMachine):
                 assert self.calling is not None, f"{msg} published for a call the model never saw"
                 known = self.ident[(msg.task_id, msg.name)] = self.calling
                 self.ids[msg.task_id] = None
+            elif self.calling is not None and self.calling.task == "repl":
+                # on_duplicate="replace": a newer call's message under the queued holder's
+                # id: the id now runs the newer call (its caller and every earlier one)
+                known = self.ident[(msg.task_id, msg.name)] = self.calling
             msg.call = known
+            self._track_nonce(msg)
             if known.burst:
                 self.burst_ids.add(msg.task_id)
         self.published.append(msg)
@@ -459,6 +526,34 @@ class LifecycleModel(RuleBasedStateMachine):
             if retry is not None and run is not None:
                 self._retry(run, retry)
                 self.fast_retried = (run.call, run.task_id, retry)
+
+    def _track_nonce(self, msg: Msg) -> None:
+        """A message a caller publishes under an id that has one already (a replace, an
+        adopted burst) carries a new nonce: the id's earlier messages are stale."""
+        header = msg.headers.get("celery_kv") or {}
+        nonce = header.get("singleton_msg") or header.get("burst_msg")
+        if not nonce:
+            return
+        if header.get("singleton_msg") and self.calling is not None and any(
+                m.task_id == msg.task_id and m is not msg
+                for m in [*self.queue, *self.delivered]):
+            # a replace: the id's earlier messages without a nonce (a send_task, or a retry
+            # of one) are older than this one, so stale too
+            self.stale_bare.add(msg.task_id)
+        current = self.current_msg.get(msg.task_id)
+        if current is None:
+            self.current_msg[msg.task_id] = nonce
+        elif self.calling is not None and current != nonce:
+            self.stale.add(current)
+            self.current_msg[msg.task_id] = nonce
+
+    def _is_stale(self, msg: Msg) -> bool:
+        header = msg.headers.get("celery_kv") or {}
+        nonce = header.get("singleton_msg") or header.get("burst_msg")
+        if not nonce:
+            return msg.call is not None and msg.call.task == "repl" \
+                and msg.task_id in self.stale_bare
+        return nonce in self.stale
 
     def _message(self, msg: Msg, redelivered: bool) -> Message:
         body = json.dumps([msg.args, msg.kwargs, msg.embed]).encode()
@@ -563,7 +658,7 @@ class LifecycleModel(RuleBasedStateMachine):
 
     def _is_claim(self, key: str) -> bool:
         if key.startswith((f"{self.prefix}:lock:", f"{self.prefix}:burst:")):
-            return not key.endswith(":fence")
+            return not key.endswith((":fence", ":superseded"))
         return key.startswith(f"{self.prefix}:idem:")
 
     # -- running a message -----------------------------------------------------------------
@@ -573,6 +668,8 @@ class LifecycleModel(RuleBasedStateMachine):
         if msg.task_id in self.revoked:  # the worker discards it, and fires task_revoked
             self._announce_revoked(task, msg, terminated=False)
             self.resolved.add(msg.task_id)
+            if msg.call is not None and msg.call.burst:
+                self._burst_revoked(msg)
             return
         if msg.name not in KV_TASKS:
             self._run_plain(task, msg)
@@ -581,9 +678,16 @@ class LifecycleModel(RuleBasedStateMachine):
         assert call is not None
         request = self._traced_context(msg, redelivered)
         execution = Execution(Run(task, request, request.args, request.kwargs))
+        stale = self._is_stale(msg)
+        state = self._state_of(call, msg.task_id) if stale else None
         before = len(self.published)
         verdict, value = self._start(task, request, execution)
         new = self._new_messages(before)
+        if stale:
+            self._stale_delivered(msg, request, execution, verdict, new, state)
+            return
+        if call.task in NEWER and self._newer_delivered(msg, verdict, new):
+            return
         if call.burst:
             self._burst_delivered(msg, request, execution, (verdict, value), new)
             if self._came_early(msg, new):
@@ -602,9 +706,16 @@ class LifecycleModel(RuleBasedStateMachine):
             return
         assert not new, f"start of {msg} ({verdict}) published {new}"
         if verdict == "running":
-            self._check_free_for(call, msg.task_id)
-            self._check_fence(call, msg.task_id, getattr(request, "kv_fence", None))
-            self.live.append(Live(next(self.numbers), msg, call, execution, request))
+            try:
+                self._check_free_for(call, msg.task_id)
+                self._check_fence(call, msg.task_id, getattr(request, "kv_fence", None))
+            finally:  # live even when a check fails: the teardown stops its heartbeat
+                self.live.append(Live(next(self.numbers), msg, call, execution, request))
+            if call.task in NEWER:  # the id's latest call (a replace took the newer's)
+                latest = self.ident[(msg.task_id, msg.name)]
+                assert int(request.args[1]) == latest.x, (
+                    f"{msg} ran call {request.args[1]}, but the latest call handed "
+                    f"{msg.task_id} is {latest.x}")
         elif verdict == "replayed":
             self._check_replay(call, None, value, f"start of {msg}")
             self.resolved.add(msg.task_id)
@@ -620,6 +731,71 @@ class LifecycleModel(RuleBasedStateMachine):
                 assert isinstance(value, IdempotencyKeyReused), f"start of {msg}: {value!r}"
             self.resolved.add(msg.task_id)
             self._call_back(msg, failed=True)
+
+    # -- newer calls win: replace, supersede, adopted bursts --------------------------------
+
+    def _state_of(self, call: Call, task_id: str) -> tuple[Any, ...]:
+        """What a delivery of ``task_id`` could write: its key's hash (and tombstones), and
+        the id's state in the result backend."""
+        assert call.lock is not None
+        if call.burst:
+            fields: Any = self.r.hgetall(self._burst_key(call.lock))
+            marks: Any = ()
+        else:
+            key = self._lock_key(call.lock)
+            fields, marks = self.r.hgetall(key), self.r.smembers(key + ":superseded")
+        return fields, marks, self.app.AsyncResult(task_id).state
+
+    def _stale_delivered(self, msg: Msg, request: Context, execution: Execution, verdict: str,
+                         new: list[Msg], state: Any) -> None:
+        """A message whose id a newer caller published again (a replace, an adopted burst)
+        is stale: dropped without its body, writing no state (a burst's stale copy may
+        also wait while its id's run goes: it re-publishes itself, unchanged)."""
+        call = msg.call
+        assert call is not None
+        if verdict == "running":  # live, so that the teardown stops its heartbeat
+            self.live.append(Live(next(self.numbers), msg, call, execution, request))
+            raise AssertionError(f"stale {msg} ran the body with {request.args}: a newer "
+                                 f"message of {msg.task_id} was published")
+        waited = call.burst and verdict == "quiet" and [m.task_id for m in new] == [msg.task_id]
+        assert verdict in ("quiet", "already finished") and (not new or waited), (
+            f"stale {msg} ended {verdict}, publishing {new}: it must be dropped")
+        after = self._state_of(call, msg.task_id)
+        assert after == state, f"stale {msg} wrote state: {state} -> {after}"
+
+    def _newer_delivered(self, msg: Msg, verdict: str, new: list[Msg]) -> bool:
+        """A replace or supersede task's message (not a stale one): a superseded id never
+        runs its body and ends REVOKED; a current message is never dropped. True when the
+        delivery is handled."""
+        if verdict == "superseded" or msg.task_id in self.superseded:
+            assert msg.task_id in self.superseded, (
+                f"{msg} ended superseded, but no newer call took its key")
+            assert verdict in ("superseded", "already finished"), (
+                f"{msg}: its id was superseded, but its delivery ended {verdict} ({new})")
+            assert not new, f"{msg}, superseded, published {new}"
+            if verdict == "superseded":
+                state = self.app.AsyncResult(msg.task_id).state
+                assert state == "REVOKED", f"superseded {msg} ended {state}, not REVOKED"
+                self.resolved.add(msg.task_id)
+            return True
+        assert verdict != "quiet" or new, (
+            f"{msg} was dropped as stale, but it is the latest message of its id")
+        return False
+
+    def _superseded_run(self, run: Live) -> bool:
+        """A run whose key a newer call took: it may still run beside the newer holder."""
+        return run.call.task == "sup" and run.task_id in self.superseded
+
+    def _burst_revoked(self, msg: Msg) -> None:
+        """A discarded delivery of a revoked burst id: the worker records it REVOKED (a
+        follower reads that), and a send_task trigger that never joined was refused."""
+        if msg.task_id not in self.outcomes or self.outcomes[msg.task_id][0] is False:
+            self.outcomes[msg.task_id] = (False, None)
+            self.app.backend.mark_as_revoked(msg.task_id, "revoked")
+        self.revoked_bursts.add(msg.task_id)
+        for trigger in self.triggers:
+            if trigger.task_id == msg.task_id and not trigger.joined:
+                trigger.refused = True
 
     # -- bursts ----------------------------------------------------------------------------
 
@@ -813,6 +989,13 @@ class LifecycleModel(RuleBasedStateMachine):
                 if not execution.replaced:
                     execution.finish(FAILED)
                 return "quiet", None
+            except Superseded as exc:  # a superseded id's message: REVOKED, unrun
+                execution.finish(FAILED)
+                try:
+                    execution._revoked(exc)
+                except Ignore:
+                    return "superseded", exc
+                raise AssertionError("_revoked did not end the run") from exc
             except Exception as exc:
                 execution.finish(FAILED)
                 return "failed", exc
@@ -830,7 +1013,8 @@ class LifecycleModel(RuleBasedStateMachine):
         """Invariant 1 at the moment a body is admitted."""
         if call.lock is None:
             return
-        others = [run for run in self.live if run.call.lock == call.lock]
+        others = [run for run in self.live
+                  if run.call.lock == call.lock and not self._superseded_run(run)]
         assert not others, f"{call.lock}: body of {task_id} admitted while {others} run"
 
     def _check_fence(self, call: Call, task_id: str, fence: int | None) -> None:
@@ -846,6 +1030,7 @@ class LifecycleModel(RuleBasedStateMachine):
                 f"{call.lock}: {task_id} admitted with fence {fence} after {last_id} had "
                 f"{last_fence}")
         self.fences[call.lock] = (task_id, fence)
+        self.top_fence[call.lock] = max(fence, self.top_fence.get(call.lock, fence))
 
     def _pick(self, items: list[Any], i: int) -> Any:
         return items[i % len(items)]
@@ -1079,6 +1264,146 @@ class LifecycleModel(RuleBasedStateMachine):
             assert self.eager_ran is None
             trigger.refused = True
 
+    # -- rules: newer calls win (replace, supersede), adopted bursts -------------------------
+
+    @rule(task=st.sampled_from(NEWER), k=st.sampled_from(KEYS),
+          how=st.sampled_from(("apply_async", "countdown", "explicit id", "link", "send_task")),
+          broker_down=st.booleans())
+    @guarded
+    def newer_call(self, task: str, k: str, how: str, broker_down: bool) -> None:
+        """A call of a replace or supersede task, with the next sequence number: plain,
+        with a countdown, with a caller-given id or a callback (never folded into another
+        id: a plain duplicate), or through send_task (held to the key at the worker).
+        Replace: a queued holder's id is published again with this call's arguments.
+        Supersede: this call's id takes the key from its holder, with a higher fence."""
+        call = Call(task, k, next(self.seqs))
+        if how == "send_task":
+            self._send_task(call)
+            return
+        assert call.lock is not None
+        key = self._lock_key(call.lock)
+        holder = task_id_of(self.r.hget(key, "owner"))
+        options: dict[str, Any] = {}
+        if how == "countdown":
+            options["countdown"] = COUNTDOWNS[-1]
+        if how == "link":
+            options["link"] = self._task("m.plain").si(k, call.x, False)
+        before = len(self.published)
+        result = self._apply_async(call, how == "explicit id", broker_down=broker_down,
+                                   options=options)
+        if result is None:
+            return
+        if how == "link":
+            self.links.append((call, result.id))
+        new = self._new_messages(before)
+        owner, fence = self.r.hmget(key, "owner", "fence")
+        if how == "countdown" and new:
+            self._check_hold(call, result.id, COUNTDOWNS[-1], "a call with a countdown")
+        if task == "sup" and new and not (new[0].headers.get("celery_kv") or {}).get(
+                "published_duplicate"):
+            assert owner == result.id, f"{call}: published {result.id}, but {key} is {owner}"
+            top = self.top_fence.get(call.lock)
+            assert top is None or int(fence) > top, (
+                f"{call}: {result.id} holds {key} with fence {fence}, not above {top}")
+            self.top_fence[call.lock] = int(fence)
+            if holder is not None and holder != result.id:
+                self.superseded.add(holder)
+        elif owner == result.id and fence:
+            self.top_fence[call.lock] = max(int(fence), self.top_fence.get(call.lock, 0))
+
+    @precondition(lambda self: any(self._beating(run) for run in self.live))
+    @rule(i=st.integers(0, 7))
+    @guarded
+    def renew(self, i: int) -> None:
+        """One heartbeat of a running body (its leases renewed): a run a newer call
+        superseded learns it (``kv_superseded``); every other live run still holds its
+        keys."""
+        run = self._pick([run for run in self.live if self._beating(run)], i)
+        beat = run.execution.beat
+        assert beat is not None
+        beat.beat()
+        if self._superseded_run(run):
+            assert run.execution.superseded is not None, (
+                f"{run} was superseded, but its renewal did not say so")
+            self.told.add(run.no)
+        else:
+            assert run.execution.superseded is None, f"{run}: {run.execution.superseded}"
+            assert not beat.lost, f"{run} lost {run.execution.run.lost} at a renewal"
+
+    @staticmethod
+    def _beating(run: Live) -> bool:
+        beat = run.execution.beat
+        return beat is not None and not beat.lost
+
+    @precondition(lambda self: any(run.call.task == "sup" for run in self.live))
+    @rule(i=st.integers(0, 7))
+    @guarded
+    def checkpoint(self, i: int) -> None:
+        """``self.kv_checkpoint()`` in a supersede task's body: it raises ``Superseded``
+        once a renewal told the run; the body lets it propagate and ends REVOKED, freeing
+        nothing the newer holder owns."""
+        run = self._pick([run for run in self.live if run.call.task == "sup"], i)
+        task = self._task(run.msg.name)
+        task.request_stack.push(run.request)
+        run.request._kv_run = run.execution
+        try:
+            assert task.kv_superseded == (run.no in self.told), (
+                f"{run}: kv_superseded is {task.kv_superseded}")
+            try:
+                task.kv_checkpoint()
+            except Superseded as exc:
+                caught: Superseded | None = exc
+            else:
+                caught = None
+        finally:
+            run.request._kv_run = None
+            task.request_stack.pop()
+        assert (caught is not None) == (run.no in self.told), (
+            f"{run}: kv_checkpoint() raised {caught!r}")
+        if caught is None:
+            return
+        self.live.remove(run)
+
+        def revoked() -> None:  # what Execution.execute does with it
+            run.execution.finish(FAILED)
+            with pytest.raises(Ignore):
+                run.execution._revoked(caught)
+
+        self._frees_nothing_if_superseded(run, revoked)
+        state = self.app.AsyncResult(run.task_id).state
+        assert state == "REVOKED", f"{run} stopped at its checkpoint, but ended {state}"
+        self.resolved.add(run.task_id)
+
+    def _frees_nothing_if_superseded(self, run: Live, end: Callable[[], Any]) -> Any:
+        """A superseded run's end (its final phase, a retry's hand-back, a terminate)
+        leaves the key as the newer holder has it."""
+        if not self._superseded_run(run):
+            return end()
+        assert run.call.lock is not None
+        key = self._lock_key(run.call.lock)
+        before = self.r.hgetall(key)
+        try:
+            return end()
+        finally:
+            after = self.r.hgetall(key)
+            assert after == before, f"superseded {run} changed {key}: {before} -> {after}"
+
+    @precondition(lambda self: self.pending)
+    @rule(i=st.integers(0, 7), how=st.sampled_from(("apply_async", "link")))
+    @guarded
+    def trigger_after_the_burst_message_is_lost(self, i: int, how: str,
+                                                broker_down: bool = False) -> None:
+        """Time passes for a pending burst's message (the model's clock: its deadline
+        ``pexp`` moves into the past), so the next trigger presumes it lost and adopts the
+        burst: the same id, published again with a new nonce. The old message is still
+        queued; when it comes, it is stale. (Not with a caller-given id, nor with a
+        publish that raises: the replay tests of findings 12 and 13 keep those.)"""
+        burst = self._pick(list(self.pending), i)
+        call = self.ident[next(key for key in self.ident if key[0] == burst)]
+        assert call.lock is not None
+        self.r.eval(OVERDUE_IF_PENDING, 1, self._burst_key(call.lock), burst)
+        self.trigger(call.task, call.k, how, broker_down)
+
     # -- rules: the worker -----------------------------------------------------------------
 
     @precondition(lambda self: self.queue)
@@ -1105,9 +1430,11 @@ class LifecycleModel(RuleBasedStateMachine):
         value = self._value(run.task_id)
         outcome = run.execution.outcome(value)
         assert not outcome.error
-        run.execution.finish(outcome)
+        self._frees_nothing_if_superseded(run, lambda: run.execution.finish(outcome))
         self._completed(run.call, run.task_id, value)
         self.resolved.add(run.task_id)
+        if run.call.task in NEWER:
+            self.succeeded.add(run.task_id)
         if run.call.burst:
             self._ended(run.task_id, True, value, run)
         self._call_back(run.msg, value)
@@ -1117,13 +1444,13 @@ class LifecycleModel(RuleBasedStateMachine):
     @guarded
     def finish_failure(self, i: int) -> None:
         run = self.live.pop(i % len(self.live))
-        run.execution.finish(FAILED)
+        self._frees_nothing_if_superseded(run, lambda: run.execution.finish(FAILED))
         self.resolved.add(run.task_id)
         if run.call.burst:
             self._ended(run.task_id, False, None, run)
         self._call_back(run.msg, failed=True)
 
-    @precondition(lambda self: any(not run.call.burst for run in self.live))
+    @precondition(lambda self: any(run.call.task in TASKS for run in self.live))
     @rule(i=st.integers(0, 7),
           by=st.sampled_from(("itself", "another", "plain", "plain that fails")))
     @guarded
@@ -1132,8 +1459,9 @@ class LifecycleModel(RuleBasedStateMachine):
         id (Celery freezes it with the same id) and the claims; celery-kv links its settle
         callbacks to it, which finish the claims with the replacement's outcome. ``by``:
         the task itself, another coordinated task, or a task that is not coordinated.
-        (Not a burst task's run: the model leaves their replacements out.)"""
-        run = self._pick([run for run in self.live if not run.call.burst], i)
+        (Not a burst's run, nor a replace or supersede task's: the model leaves their
+        replacements out.)"""
+        run = self._pick([run for run in self.live if run.call.task in TASKS], i)
         self.live.remove(run)
         task = self._task(run.msg.name)
         k, x = run.call.k, run.call.x
@@ -1177,7 +1505,8 @@ class LifecycleModel(RuleBasedStateMachine):
         run.request._kv_run = run.execution
         try:
             with pytest.raises(Retry) as caught:
-                task.retry(countdown=countdown)
+                self._frees_nothing_if_superseded(
+                    run, lambda: task.retry(countdown=countdown))
             run.execution.hand_back(run.execution.retry_delay(caught.value.when))
         finally:
             run.request._kv_run = None
@@ -1255,34 +1584,40 @@ class LifecycleModel(RuleBasedStateMachine):
         if not run.leases:
             self.dead.remove(run)
 
-    @precondition(lambda self: any(task_id not in self.burst_ids for task_id in self.ids))
+    @precondition(lambda self: self.ids)
     @rule(i=st.integers(0, 15))
     @guarded
     def revoke(self, i: int) -> None:
         """``revoke(id)``: every worker discards the id's messages from now on, and each
-        discard fires ``task_revoked`` (a running body goes on)."""
+        discard fires ``task_revoked`` (a running body goes on). A burst's id: the triggers
+        it absorbed end REVOKED with it (followers fail with it)."""
         # ids a caller knows (not celery-kv's settle callbacks), the last queued first
-        # (not the burst tasks': the model leaves their revokes out)
         queued = [m.task_id for m in reversed(self.queue) if m.task_id in self.ids]
-        ids = [task_id for task_id in dict.fromkeys([*queued, *self.ids])
-               if task_id not in self.burst_ids]
+        ids = list(dict.fromkeys([*queued, *self.ids]))
         self.revoked.add(self._pick(ids, i))
 
-    @precondition(lambda self: any(not run.call.burst for run in self.live))
+    @precondition(lambda self: self.live)
     @rule(i=st.integers(0, 7), terminate=st.booleans())
     @guarded
     def revoke_running(self, i: int, terminate: bool) -> None:
         """``revoke(id, terminate=...)`` of a running id: with terminate=True the body is
-        killed and ``task_revoked`` fires for it."""
-        run = self._pick([run for run in self.live if not run.call.burst], i)
+        killed and ``task_revoked`` fires for it (a burst's run: the key's next burst may
+        fire; followers fail with it)."""
+        run = self._pick(self.live, i)
         self.revoked.add(run.task_id)
         if not terminate:
             return
         self.live.remove(run)
         run.execution._stop_heartbeat()
         self.terminated.append(run)
-        self._announce_revoked(self._task(run.msg.name), run.msg, terminated=True)
+        self._frees_nothing_if_superseded(run, lambda: self._announce_revoked(
+            self._task(run.msg.name), run.msg, terminated=True))
         self.resolved.add(run.task_id)
+        if run.call.burst:
+            lock = run.call.lock or ("", "")
+            if self.running_burst.get(lock) == run.task_id:
+                del self.running_burst[lock]  # task_revoked's finish deleted it
+            self._burst_revoked(run.msg)
 
     def _announce_revoked(self, task: Any, msg: Msg, terminated: bool) -> None:
         """What ``Request._announce_revoked`` sends: the request's context, as the
@@ -1302,6 +1637,10 @@ class LifecycleModel(RuleBasedStateMachine):
         for run in self.live:
             lock = run.call.lock
             if lock is None:
+                continue
+            if self._superseded_run(run):  # the one overlap allowed: it stops when told
+                owner = snapshot.get(self._lock_key(lock), (0, {}))[1].get("owner")
+                assert owner != run.token, f"{run} was superseded, but holds {lock}"
                 continue
             assert lock not in seen, f"{lock}: {seen[lock]} and {run} run at once"
             seen[lock] = run
@@ -1457,6 +1796,18 @@ class LifecycleModel(RuleBasedStateMachine):
         assert not held, f"held after every message ended: {held}"
         self.every_key_has_a_ttl()
         self._every_trigger_ran()
+        self._every_callback_ran()
+
+    def _every_callback_ran(self) -> None:
+        """A call of a replace or supersede task with a callback (``link``), handed an id
+        that ended in success, had its callback called (an ``m.plain`` message of its
+        sequence number)."""
+        called = {(m.args[0], m.args[1]) for m in self.published if m.name == "m.plain"}
+        for call, task_id in self.links:
+            if task_id in self.succeeded:
+                assert (call.k, call.x) in called, (
+                    f"{call} was handed {task_id}, which succeeded, but its callback "
+                    "never ran")
 
     def _every_trigger_ran(self) -> None:
         """Invariants 3 and 5 of the bursts, once everything ran: every trigger joined a
@@ -1467,8 +1818,9 @@ class LifecycleModel(RuleBasedStateMachine):
         for trigger in self.triggers:
             assert trigger.joined or trigger.refused, f"{trigger} never joined a burst"
         for join in self.joins:
-            if join.window:
-                continue
+            if join.window or (join.burst in self.revoked_bursts
+                               and join.burst not in self.fired):
+                continue  # absorbed by a leading window, or by a burst revoked unrun
             call = join.trigger.call
             covering = [body for body in self.bodies if body.no > join.made
                         and (body.join.trigger.call.task, body.join.trigger.call.k)
@@ -1719,3 +2071,91 @@ def test_a_lapsed_burst_taken_over_after_an_eager_run_keeps_its_arguments(
          ("lease_runs_out", {"i": 0, "which": "lock"}),
          ("trigger_eagerly", {"task": "deb", "k": "a"}),  # runs at once, over the lapsed run
          ("start", {"i": 0}))  # the killed burst's message: must run trigger 2's arguments
+
+
+# -- replace, supersede, adopted bursts: what the state machine found ---------------------
+#
+# 12. A trigger that adopts a burst whose message is presumed lost (overdue by the queued
+#     TTL) gives the burst a new message nonce before it publishes. When that publish
+#     raises, task_burst_unarm leaves the new nonce in place (a replace's undo gives the
+#     holder its previous nonce back), so the burst's own message, still queued after all,
+#     is stale when it comes and is dropped: the burst never runs, and the id its callers
+#     were handed never resolves (until another trigger adopts it again).
+
+
+def test_an_adoption_whose_publish_raises_leaves_the_burst_its_message(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("trigger", {"task": "latest", "k": "a", "how": "apply_async", "broker_down": False}),
+         # the burst's message is presumed lost; the adopting trigger's publish raises
+         ("trigger_after_the_burst_message_is_lost",
+          {"i": 0, "how": "apply_async", "broker_down": True}),
+         ("start", {"i": 0}))  # the burst's message: must fire the burst (dropped as stale)
+
+
+# 13. A trigger with a caller-given task id that adopts a burst is published under the
+#     burst's id, not its own: apply_async hands the caller another id, and the caller's
+#     own id is never published (never resolves). Adoption happens in task_burst_arm.lua,
+#     which answers 'ok' with the burst's id whatever the call's id (the engine's
+#     ``id_held`` is not consulted, as it is for a plain absorb, which is published as a
+#     follower).
+
+
+def test_an_adopting_trigger_with_a_caller_given_id_is_published_under_it(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("trigger", {"task": "latest", "k": "a", "how": "apply_async", "broker_down": False}),
+         ("trigger_after_the_burst_message_is_lost", {"i": 0, "how": "explicit id"}))
+
+
+# 14. on_duplicate="replace" over a queued holder whose message carries no nonce (a
+#     send_task message, or a duplicate published because its id is held, after a retry
+#     handed the key back to its bare id): the newer call publishes a new message of the
+#     id, but the holder's retry message is not stale (no ``singleton_msg``: never stale),
+#     so it runs the older arguments, the id is marked finished, and the newer message is
+#     then acknowledged unrun ("already finished"): the replacing call's arguments never run.
+
+
+def test_a_replace_over_a_retried_send_task_holder_runs_the_newer_arguments(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("newer_call", {"task": "repl", "k": "a", "how": "send_task", "broker_down": False}),
+         ("start", {"i": 0}),  # runs call 1 (send_task: no nonce)
+         ("retry", {"i": 0, "countdown": 60}),  # the key goes back to its bare id
+         ("newer_call", {"task": "repl", "k": "a", "how": "apply_async", "broker_down": False}),
+         ("start", {"i": 0}))  # the retry message: must not run call 1 (call 2 replaced it)
+
+
+# 15. on_duplicate="replace" over a queued holder that was published with a callback
+#     (``link``): the newer call's message replaces the holder's, without the callback; the
+#     holder's message is stale and dropped, so the id ends in success (with the newer
+#     arguments) and the first caller's callback never runs. (A call with a callback is
+#     never folded into another id; but one can be folded into.)
+
+
+def test_a_replaced_message_keeps_its_callbacks(model: type[LifecycleModel]) -> None:
+    play(model,
+         ("newer_call", {"task": "repl", "k": "a", "how": "link", "broker_down": False}),
+         # the teardown runs the id: call 1's callback must be called
+         ("newer_call", {"task": "repl", "k": "a", "how": "apply_async", "broker_down": False}))
+
+
+# 16. A burst's stale message (its id was adopted and published again with a new nonce)
+#     is dropped only while the burst is pending: task_burst_fire.lua checks the nonce in
+#     the pending branch alone. Once the burst ran and was handed back (a retry) or its run
+#     lapsed (a killed worker), the stale message takes the burst over and runs the body,
+#     ahead of the retry's countdown (or for an id the worker already marked failed).
+
+
+def test_a_stale_burst_message_never_takes_its_burst_over(
+    model: type[LifecycleModel],
+) -> None:
+    play(model,
+         ("trigger", {"task": "latest", "k": "a", "how": "apply_async", "broker_down": False}),
+         ("trigger_after_the_burst_message_is_lost", {"i": 0, "how": "apply_async"}),
+         ("start", {"i": 1}),  # the adopted message fires the burst
+         ("retry", {"i": 0, "countdown": 60}),  # handed back to its id
+         ("start", {"i": 0}))  # the stale message: must be dropped (takes the burst over)

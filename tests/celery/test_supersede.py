@@ -41,9 +41,10 @@ class Lock:
         lock = kv.store.keys.key("lock", ("t", record))
         self.keys = (lock, lock + ":fence", lock + ":superseded")
 
-    def claim(self, task_id: str, nonce: str, mode: str, running: str = "") -> list[Any]:
-        return reply(self.kv, Step("task_singleton_claim", self.keys,
-                                   (task_id, nonce, CLAIM, FENCE, running, mode, TOMB)))
+    def claim(self, task_id: str, nonce: str, mode: str, running: str = "",
+              pinned: bool = False) -> list[Any]:
+        return reply(self.kv, Step("task_singleton_claim", self.keys, (
+            task_id, nonce, CLAIM, FENCE, running, mode, TOMB, "1" if pinned else "")))
 
     def unclaim(self, task_id: str, nonce: str, mode: str) -> list[Any]:
         return reply(self.kv, Step("task_singleton_unclaim", self.keys,
@@ -82,15 +83,32 @@ def test_replace_keeps_the_queued_holder_and_takes_its_message(kv: KV) -> None:
     assert lock.claim("n", "n2", "replace") == ["ok", "", "replaced", "q"]
     assert lock.claim("n", "n2", "replace") == ["ok", "", "replaced", "q"], "retried: same"
     assert lock.record()["owner"] == "q" and lock.record()["nonce"] == "n2"
-    assert lock.tombstones() == {"msg:n1"}
+    assert lock.tombstones() == {"msg:n1", "replaced:q"}
     assert kv.client.pttl(lock.keys[2]) >= TOMB - 1000
     assert lock.start("q", "replace", "n1")[3] == "stale", "the older message"
     assert lock.start("q", "replace", "n2")[0] == "ok", "the newer message"
     assert lock.start("q", "replace", "n1")[3] == "stale", "stale while the newer one runs"
-    assert lock.start("q", "replace", "", run="2")[3] == "self", "no nonce: never stale"
+    assert lock.start("q", "replace", "", run="2")[3] == "stale", \
+        "no nonce, once replaced: an older message (a send_task, or its retry)"
     assert lock.claim("m", "n3", "replace")[:2] == ["deny", "q#run:1"], "a run: a duplicate"
     lock.finish("q")
     assert lock.start("q", "replace", "n1")[3] == "stale", "stale once the key is free"
+
+
+def test_a_message_without_a_nonce_is_stale_only_once_replaced(kv: KV) -> None:
+    lock = Lock(kv, "replace-plain")
+    lock.claim("q", "n1", "replace")
+    assert lock.start("q", "replace", "")[0] == "ok", "never replaced: it runs"
+
+
+def test_a_pinned_holder_is_never_replaced(kv: KV) -> None:
+    """A holder whose id a caller or canvas holds (a link, a given id) keeps its message:
+    replacing it would drop its callbacks. A newer call is a plain duplicate."""
+    lock = Lock(kv, "replace-pinned")
+    lock.claim("q", "n1", "replace", pinned=True)
+    lock.confirm("q")
+    assert lock.claim("n", "n2", "replace")[:2] == ["deny", "q"]
+    assert lock.record()["nonce"] == "n1" and lock.tombstones() == set()
 
 
 def test_an_undone_replace_gives_the_holder_its_message_back(kv: KV) -> None:

@@ -143,7 +143,7 @@ class Debounce(Feature):
         return Step("task_burst_arm", (burst,), (
             ctx.task_id, ctx.nonce, wait, max_wait, edge, self._arguments(ctx),
             to_ms(ctx.policy.enqueue_claim_ttl), _ms(ctx.delay),
-            to_ms(ctx.policy.queued_ttl)))
+            to_ms(ctx.policy.queued_ttl), "1" if ctx.state.get("id_held") else ""))
 
     def claimed(self, ctx: Enqueue, reply: list[Any]) -> None:
         """Publish the burst's message: under its task id (an adopted burst keeps its own),

@@ -146,7 +146,8 @@ class Singleton(Feature):
         tombstone_ms = to_ms(ctx.policy.queued_ttl + ctx.delay + self.lease)
         return Step("task_singleton_claim", self._keys(ctx), (
             ctx.task_id, ctx.nonce, to_ms(ctx.policy.enqueue_claim_ttl), FENCE_MS,
-            ctx.running_id or "", newer_wins, tombstone_ms))
+            ctx.running_id or "", newer_wins, tombstone_ms,
+            "1" if ctx.state.get("id_held") else ""))
 
     def claimed(self, ctx: Enqueue, reply: list[Any]) -> None:
         """A replace publishes under the queued holder's id; every message of a replace

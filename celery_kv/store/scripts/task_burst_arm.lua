@@ -17,7 +17,8 @@
 -- ARGV[1] task id, ARGV[2] claim nonce (the message nonce too), ARGV[3] debounce (ms),
 -- ARGV[4] maximum wait (ms, 0: none), ARGV[5] 'trailing', 'leading' or 'latest',
 -- ARGV[6] arguments JSON, ARGV[7] claim lease (ms), ARGV[8] the call's countdown (ms),
--- ARGV[9] how long a lapsed run is remembered (ms)
+-- ARGV[9] how long a lapsed run is remembered (ms), ARGV[10] '1' when a caller or a canvas
+-- holds this call's task id (it never adopts a burst: it is absorbed, and follows it)
 -- Returns {'ok', ms until due, task id to publish, message nonce[, 'adopted']},
 --         {'deny', task id of the burst that absorbed it, ms until due, triggers}.
 -- undo: task_burst_unarm
@@ -57,6 +58,7 @@ if edge == 'leading' and f[7] and tonumber(f[8]) > now then
   return done({'deny', f[7], math.max(wend - now, 0), n})
 end
 if pid then
+  local prev_args = redis.call('HGET', KEYS[1], 'pargs')
   local due, max = tonumber(f[3]), tonumber(f[4])
   if edge == 'trailing' then
     due = capped(now + math.max(wait, delay), max)
@@ -66,7 +68,16 @@ if pid then
   if tonumber(f[5]) > now then
     return done({'deny', pid, math.max(due - now, 0), n})
   end
-  redis.call('HSET', KEYS[1], 'pnonce', ARGV[2], 'pmsg', ARGV[2], 'pexp', now + tonumber(ARGV[7]))
+  if ARGV[10] == '1' then
+    -- a held id cannot be handed the burst's: it follows, and the burst stays presumed
+    -- lost for a claim lease more, for the next plain call to adopt and publish it
+    redis.call('HSET', KEYS[1], 'pexp', now + tonumber(ARGV[7]))
+    return done({'deny', pid, math.max(due - now, 0), n})
+  end
+  -- the undo gives the burst back what it had: its nonce (its message, if alive after all,
+  -- is current again), its arguments and due time
+  redis.call('HSET', KEYS[1], 'pnonce', ARGV[2], 'pmsg', ARGV[2], 'pexp', now + tonumber(ARGV[7]),
+    'pprev', f[6], 'pprevn', f[2], 'pprevargs', prev_args, 'pprevdue', f[3])
   return done({'ok', math.max(due - now, 0), pid, ARGV[2], 'adopted'})
 end
 local max = 0

@@ -12,6 +12,7 @@ if f[1] == ARGV[1] and f[2] == ARGV[2] then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('HSET', KEYS[1], 'pexp',
     math.max(tonumber(f[4]), tonumber(f[3]) + tonumber(ARGV[3])))
+  redis.call('HDEL', KEYS[1], 'pprev', 'pprevn', 'pprevargs', 'pprevdue')
   burst_expire(KEYS, {now, ARGV[4]})
 end
 return {'ok'}

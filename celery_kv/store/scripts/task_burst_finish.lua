@@ -9,12 +9,12 @@
 local f = redis.call('HMGET', KEYS[1], 'rid', 'rtok', 'pid', 'wid')
 local revoke, ended = ARGV[1] == '', 0
 if f[1] == ARGV[2] and (f[2] == ARGV[1] or (revoke and (ARGV[3] == '1' or f[2] == ''))) then
-  redis.call('HDEL', KEYS[1], 'rid', 'rtok', 'rdl', 'rfence', 'rargs', 'rn', 'rfirst')
+  redis.call('HDEL', KEYS[1], 'rid', 'rtok', 'rdl', 'rfence', 'rargs', 'rn', 'rfirst', 'rmsg')
   ended = 1
 end
 if revoke and f[3] == ARGV[2] then
   redis.call('HDEL', KEYS[1], 'pid', 'pnonce', 'pmsg', 'pargs', 'pfirst', 'pdue', 'pmax', 'pn',
-    'pexp')
+    'pexp', 'pprev', 'pprevn', 'pprevargs', 'pprevdue')
   ended = 1
 end
 if revoke and f[4] == ARGV[2] then

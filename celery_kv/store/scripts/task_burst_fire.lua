@@ -1,7 +1,8 @@
 -- Debounce, execution start: does this message fire its key's burst now?
 -- * The running burst's own task id (an earlier delivery runs it: 'self'; handed back by a
 --   retry, or its lease lapsed with a killed worker: this delivery takes it over, with a
---   new fence and the arguments the burst fired with).
+--   new fence and the arguments the burst fired with; a message of another nonce than the
+--   one that fired it is 'stale').
 -- * The pending burst's task id: a message of an older nonce is 'stale' (replaced or
 --   adopted), one that comes before the due time is 'early' (a later trigger moved it:
 --   it is published again for the new due time), one that finds the previous run going
@@ -32,7 +33,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, token, keep = ARGV[2], ARGV[1], ARGV[11]
 local fields = {'pid', 'pdue', 'pmsg', 'pexp', 'rid', 'rtok', 'rdl', 'rfence', 'rargs', 'rn',
-  'rfirst', 'lid', 'lby'}
+  'rfirst', 'rmsg', 'lid', 'lby'}
 
 local function read()
   local v = redis.call('HMGET', KEYS[1], unpack(fields))
@@ -49,7 +50,7 @@ local function running(f)
   return f.rid and tonumber(f.rdl) > now
 end
 
-local function take(f, rid, args, n, first)
+local function take(f, rid, args, n, first, msg)
   if f.rid and f.rid ~= rid then
     if ARGV[13] == '1' then
       -- an eager apply() over a lapsed run covers nothing (its result is not in the
@@ -65,7 +66,7 @@ local function take(f, rid, args, n, first)
   end
   local fence = next_fence()
   redis.call('HSET', KEYS[1], 'rid', rid, 'rtok', token, 'rdl', now + tonumber(ARGV[3]),
-    'rfence', fence, 'rargs', args, 'rn', n, 'rfirst', first)
+    'rfence', fence, 'rargs', args, 'rn', n, 'rfirst', first, 'rmsg', msg or '')
   burst_expire(KEYS, {now, keep})
   return {'ok', fence, args, n, now - tonumber(first)}
 end
@@ -91,10 +92,13 @@ if f.rid == id then
   if f.rtok == token then
     return {'ok', f.rfence, f.rargs, f.rn, now - tonumber(f.rfirst)}
   end
+  if ARGV[5] ~= '' and (f.rmsg or '') ~= '' and f.rmsg ~= ARGV[5] then
+    return {'deny', 'stale', 0, id, ''}  -- a message the burst's adoption replaced
+  end
   if f.rtok ~= '' and running(f) then
     return wait_for(f, 'self', id)
   end
-  return take(f, id, f.rargs, f.rn, f.rfirst)
+  return take(f, id, f.rargs, f.rn, f.rfirst, f.rmsg)
 end
 if f.lid == id then
   if f.lby ~= '' then
@@ -116,8 +120,9 @@ if f.pid ~= id and ARGV[6] == '' and ARGV[5] == '' then
     end
     return take(f, id, ARGV[7], 1, now)
   end
+  -- its caller holds its id: it never adopts another burst's id, it follows it
   local reply = task_burst_arm({KEYS[1]}, {id, token, ARGV[8], ARGV[9], ARGV[10], ARGV[7],
-    ARGV[14], 0, keep})
+    ARGV[14], 0, keep, '1'})
   if reply[1] == 'deny' then
     return {'deny', 'follow', reply[3], reply[2], ''}
   end
@@ -142,8 +147,8 @@ if f.pid == id then
   end
   local p = redis.call('HMGET', KEYS[1], 'pargs', 'pn', 'pfirst')
   redis.call('HDEL', KEYS[1], 'pid', 'pnonce', 'pmsg', 'pargs', 'pfirst', 'pdue', 'pmax', 'pn',
-    'pexp')
-  return take(f, id, p[1], p[2], p[3])
+    'pexp', 'pprev', 'pprevn', 'pprevargs', 'pprevdue')
+  return take(f, id, p[1], p[2], p[3], f.pmsg)
 end
 
 if ARGV[6] == '' then
@@ -151,6 +156,6 @@ if ARGV[6] == '' then
   if running(f) then
     return wait_for(f, 'busy', f.rid)
   end
-  return take(f, id, ARGV[7], 1, now)
+  return take(f, id, ARGV[7], 1, now, ARGV[5])
 end
 return follow(f, ARGV[6])

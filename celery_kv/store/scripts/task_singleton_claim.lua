@@ -13,13 +13,16 @@
 -- with the next fence; the holder's task id is tombstoned ('id:<task id>'), so its queued
 -- message ends revoked and its run is told at its next heartbeat. The previous owner, fence,
 -- nonce and expiry are kept ('prev_*') for the undo.
--- KEYS[1] lock hash {owner, fence, nonce, next, prev, prev_owner, prev_fence, prev_nonce,
--- prev_until}, KEYS[2] fence counter, KEYS[3] tombstones (set of 'id:<task id>' and
+-- KEYS[1] lock hash {owner, fence, nonce, next, pin, prev, prev_rep, prev_owner, prev_fence,
+-- prev_nonce, prev_until, prev_pin}, KEYS[2] fence counter, KEYS[3] tombstones (set of 'id:<task id>' and
 -- 'msg:<nonce>' this key no longer runs)
 -- ARGV[1] task id, ARGV[2] claim nonce, ARGV[3] claim lease (ms), ARGV[4] fence counter
 -- TTL (ms), ARGV[5] task id of the running task making this call, or '', ARGV[6]
 -- on_duplicate: 'replace', 'supersede' or '' (a plain duplicate), ARGV[7] how long
--- tombstones live at least (ms: the queued TTL, this call's delay and a lease)
+-- tombstones live at least (ms: the queued TTL, this call's delay and a lease), ARGV[8] '1'
+-- when a caller or a canvas holds this call's task id (its message carries callbacks or
+-- its id was given): such a claim is pinned ('pin'), and a replace never makes its message
+-- stale (its callbacks would be lost): a newer call is then a plain duplicate
 -- Returns {'ok', fence} when claimed (fence '' for a retried claim),
 --         {'ok', '', 'successor'} when recorded as the running holder's successor,
 --         {'ok', '', 'replaced', Q} when queued task id Q's message is replaced,
@@ -28,7 +31,7 @@
 -- undo: task_singleton_unclaim
 -- uses: fence_next
 -- retry: safe (the nonce makes a second run of the same call answer 'ok' again)
-local rec = redis.call('HMGET', KEYS[1], 'owner', 'nonce', 'next', 'prev_owner')
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'nonce', 'next', 'prev_owner', 'pin')
 local owner, nxt = rec[1], rec[3]
 local mode = ARGV[6] or ''
 
@@ -48,9 +51,18 @@ local function tombstone(member)
   redis.call('PEXPIRE', KEYS[3], ttl)
 end
 
+local function pin(pinned)
+  if pinned == '1' then
+    redis.call('HSET', KEYS[1], 'pin', '1')
+  else
+    redis.call('HDEL', KEYS[1], 'pin')
+  end
+end
+
 if not owner then
   local fence = next_fence()
   redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence, 'nonce', ARGV[2])
+  pin(ARGV[8])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {'ok', fence}
 end
@@ -71,7 +83,8 @@ if ARGV[5] ~= '' and string.sub(owner, 1, #ARGV[5] + 5) == ARGV[5] .. '#run:' th
   owner = nxt
 end
 local running = string.find(owner, '#run:', 1, true) ~= nil
-if mode == 'replace' and not running and owner ~= ARGV[1] and owner == rec[1] then
+if mode == 'replace' and not running and owner ~= ARGV[1] and owner == rec[1]
+    and rec[5] ~= '1' then
   if rec[2] then
     redis.call('HSET', KEYS[1], 'prev', rec[2])
     tombstone('msg:' .. rec[2])
@@ -79,10 +92,15 @@ if mode == 'replace' and not running and owner ~= ARGV[1] and owner == rec[1] th
     redis.call('HDEL', KEYS[1], 'prev')
   end
   redis.call('HSET', KEYS[1], 'nonce', ARGV[2])
+  -- a message of this id without a nonce (send_task, or a retry of one) is older: stale
+  if redis.call('SISMEMBER', KEYS[3], 'replaced:' .. owner) == 0 then
+    tombstone('replaced:' .. owner)
+    redis.call('HSET', KEYS[1], 'prev_rep', '1')  -- for the undo
+  end
   return {'ok', '', 'replaced', owner}
 end
 if mode == 'supersede' and task_of(owner) ~= ARGV[1] and owner == rec[1] then
-  local was = redis.call('HMGET', KEYS[1], 'fence', 'nonce')
+  local was = redis.call('HMGET', KEYS[1], 'fence', 'nonce', 'pin')
   local pttl = redis.call('PTTL', KEYS[1])
   local now = redis.call('TIME')
   local until_ms = pttl > 0 and (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -91,7 +109,8 @@ if mode == 'supersede' and task_of(owner) ~= ARGV[1] and owner == rec[1] then
   local fence = next_fence()
   redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence, 'nonce', ARGV[2],
              'prev_owner', owner, 'prev_fence', was[1] or '', 'prev_nonce', was[2] or '',
-             'prev_until', string.format('%d', until_ms))
+             'prev_until', string.format('%d', until_ms), 'prev_pin', was[3] or '')
+  pin(ARGV[8])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {'ok', fence, 'superseded', task_of(owner)}
 end

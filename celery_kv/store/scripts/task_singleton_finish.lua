@@ -21,7 +21,7 @@ if nxt and nxt ~= ARGV[2] then
   local fence = string.format('%d', redis.call('INCR', KEYS[2]))
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
   redis.call('HSET', KEYS[1], 'owner', nxt, 'fence', fence)
-  redis.call('HDEL', KEYS[1], 'next', 'nonce')
+  redis.call('HDEL', KEYS[1], 'next', 'nonce', 'pin')
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 else
   redis.call('DEL', KEYS[1])

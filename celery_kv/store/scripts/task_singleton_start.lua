@@ -6,7 +6,8 @@
 -- message a newer one replaced is 'stale' (it ends with no outcome: the newer message of
 -- the same task id carries it). A message is stale when its nonce (header 'singleton_msg')
 -- is tombstoned, or differs from the nonce of a lock this task id holds; a message without
--- one (send_task) never is.
+-- one (send_task, or a retry of one) is stale once a newer call replaced this task id's
+-- message ('replaced:<task id>' tombstoned), else never.
 -- KEYS[1] lock hash {owner, fence, nonce, next}, KEYS[2] fence counter, KEYS[3] tombstones
 -- ARGV[1] run token, ARGV[2] task id, ARGV[3] running lease (ms), ARGV[4] fence counter TTL
 -- (ms), ARGV[5] how long a handed-back claim lives (ms), ARGV[6] mode: 'queued' or 'running',
@@ -28,6 +29,8 @@ if (ARGV[7] or '') ~= '' then
     why = 'superseded'
   elseif ARGV[8] ~= '' and (redis.call('SISMEMBER', KEYS[3], 'msg:' .. ARGV[8]) == 1
       or (ours and rec[4] and rec[4] ~= ARGV[8])) then
+    why = 'stale'
+  elseif ARGV[8] == '' and redis.call('SISMEMBER', KEYS[3], 'replaced:' .. ARGV[2]) == 1 then
     why = 'stale'
   end
   if why ~= '' then

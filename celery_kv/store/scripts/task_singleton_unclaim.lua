@@ -8,7 +8,7 @@
 -- Returns {'ok'}.
 -- retry: safe (a second run finds nothing of this call's left)
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'nonce', 'next', 'prev', 'prev_owner',
-                       'prev_fence', 'prev_nonce', 'prev_until')
+                       'prev_fence', 'prev_nonce', 'prev_until', 'prev_rep', 'prev_pin')
 local owner, nonce = rec[1], rec[2]
 if owner and nonce == ARGV[2] and owner ~= ARGV[1] then  -- replaced a queued holder's message
   if rec[4] then
@@ -17,7 +17,10 @@ if owner and nonce == ARGV[2] and owner ~= ARGV[1] then  -- replaced a queued ho
   else
     redis.call('HDEL', KEYS[1], 'nonce')
   end
-  redis.call('HDEL', KEYS[1], 'prev')
+  if rec[9] == '1' then
+    redis.call('SREM', KEYS[3], 'replaced:' .. owner)
+  end
+  redis.call('HDEL', KEYS[1], 'prev', 'prev_rep')
 elseif owner == ARGV[1] and nonce == ARGV[2] then
   local now = redis.call('TIME')
   local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -28,12 +31,18 @@ elseif owner == ARGV[1] and nonce == ARGV[2] then
   end
   if rec[5] and left > 0 then  -- and it holds the key again, for what it had left
     redis.call('HSET', KEYS[1], 'owner', rec[5], 'fence', rec[6])
+    if rec[10] == '1' then
+      redis.call('HSET', KEYS[1], 'pin', '1')
+    else
+      redis.call('HDEL', KEYS[1], 'pin')
+    end
     if rec[7] ~= '' then
       redis.call('HSET', KEYS[1], 'nonce', rec[7])
     else
       redis.call('HDEL', KEYS[1], 'nonce')
     end
-    redis.call('HDEL', KEYS[1], 'prev_owner', 'prev_fence', 'prev_nonce', 'prev_until')
+    redis.call('HDEL', KEYS[1], 'prev_owner', 'prev_fence', 'prev_nonce', 'prev_until',
+      'prev_pin')
     redis.call('PEXPIRE', KEYS[1], left)
   else
     redis.call('DEL', KEYS[1])
