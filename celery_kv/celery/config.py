@@ -15,6 +15,7 @@ from typing import Any
 
 from ..store.keys import validate_prefix
 from ..store.urls import mask_url
+from .delays import OPTIONS as DELAY_OPTIONS
 from .features import FEATURES
 from .options import Option, Where, read_settings, seconds
 
@@ -91,6 +92,7 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
            "lapses meanwhile leaves \"ran, result unknown\" (duplicates refused), which "
            "the outcome then replaces; past the deadline it stays", seconds, 300.0,
            "kv_completion_deadline", task_option=False),
+    *DELAY_OPTIONS,
 )
 
 

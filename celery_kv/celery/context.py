@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 HEADER = "celery_kv"  # the message header that carries the fields
 #: the fields the engine itself owns (each feature declares its own in ``header_fields``)
 ENGINE_FIELDS = ("attempt", "waits", "unavailable_for", "published_duplicate", "duplicate_of",
-                 "replaces")
+                 "replaces", "delay_entry", "delay_copy")
 
 
 def header_of(request: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from .. import signals
 from ..errors import CoordinationFull, CoordinationUnavailable
 from ..store import Step
 from ..store.scripts import load
+from . import delays
 from .context import HEADER, Enqueue
 from .features import FEATURES
 from .features.base import Duplicate
@@ -91,7 +92,15 @@ def take_call_options(task: Any, policy: TaskPolicy | None, options: dict[str, A
 
 def apply_async(task: Any, publish: Publish, args: Any, kwargs: Any, task_id: str | None,
                 options: dict[str, Any]) -> Any:
-    """``KVTask.apply_async``: claim, publish, confirm; or resolve a duplicate."""
+    """``KVTask.apply_async``: claim, publish, confirm; or resolve a duplicate.
+
+    A delayed publish may go to the delay store instead of the broker (``delays``); a due
+    message the delay store publishes was claimed for when it was deferred: it goes
+    straight out.
+    """
+    publish = delays.routed(task, publish, args, kwargs)
+    if delays.publishing():
+        return publish(task_id, options)
     policy: TaskPolicy | None = task._kv_policy
     header = message_header(options)
     take_call_options(task, policy, options, header)

@@ -33,6 +33,7 @@ from ..primitives.heartbeat import Heartbeat
 from ..store import Step, codec
 from ..store.retry import keep_trying
 from .context import HEADER, Run, header_of
+from .delays import DEFERRED, consume
 from .features.base import FAILED, Block, Drop, Feature, Outcome, Skip, Wait
 from .keys import as_mapping, task_id_of
 from .policy import TaskPolicy
@@ -226,7 +227,7 @@ class Execution:
             retries=run.request.retries, headers=headers,
         )
         try:
-            sig.apply_async()
+            sig.apply_async(**{DEFERRED: True})  # through the delay store (kv_delay_store)
         except Exception as exc:
             self.finish(FAILED)
             raise Reject(exc, requeue=False) from exc
@@ -433,7 +434,10 @@ def revoked_replacement(app: Any, request: Any) -> bool:
 
 
 def execute(task: Any, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run ``task``'s body under its coordination policy (called from ``KVTask.__call__``)."""
+    """Run ``task``'s body under its coordination policy (called from ``KVTask.__call__``).
+
+    A delivery from the delay store first takes its entry (a second copy ends here)."""
+    consume(task, request)
     execution = Execution(Run(task, request, args, kwargs))
     request._kv_run = execution
     try:

@@ -15,7 +15,8 @@ Worker hooks: ``worker_process_init`` drops the connections a prefork child
 inherited (no socket is shared across a fork); ``task_revoked`` (worker main
 process) releases the keys of a revoked task id: its queued claims, and a run's only
 when the revoke terminated it (a revoke without terminate lets the body run on, and it
-releases its keys itself at its end).
+releases its keys itself at its end). A worker bootstep (``maintenance``) publishes the
+delay store's due messages from the worker's main process.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def install(app: Any, kv: KV | None = None) -> KV:
     result = state.kv
     app.finalize()
     _register_settle(app)
+    from .maintenance import add_to
+
+    add_to(app)  # the worker's maintenance thread: due deferred messages, feature ticks
     return result
 
 

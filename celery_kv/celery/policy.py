@@ -29,6 +29,7 @@ class TaskPolicy:
     wait_interval: float
     completion_ttl: float
     completion_deadline: float
+    delay_store: bool | str = True  # kv_delay_store: True, False or "all"
 
     def feature(self, name: str) -> Any:
         """The configured feature called ``name``, or None when the task does not use it."""
@@ -81,4 +82,5 @@ def build_policy(task_cls: Any, settings: Settings) -> TaskPolicy:
         wait_interval=settings.wait_interval,
         completion_ttl=settings.completion_ttl,
         completion_deadline=settings.completion_deadline,
+        delay_store=task.get(_ENGINE["delay_store"]),
     )

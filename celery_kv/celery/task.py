@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 from celery import Task
 
 from ..kv import KV
-from . import enqueue, execution
+from . import delays, enqueue, execution
 from .config import all_options
 from .context import HEADER, Context
 from .install import installed
@@ -181,6 +181,7 @@ class KVTask(Task):  # type: ignore[misc]
                 or getattr(request, "_kv_run", None) is not None):
             return super().__call__(*args, **kwargs)  # a plain function call
         if self._kv_policy is None or not self._kv_policy.coordinated:
+            delays.consume(self, request)  # kv_delay_store="all": a second copy ends here
             return self.run(*args, **kwargs)
         return execution.execute(self, request, args, kwargs)
 

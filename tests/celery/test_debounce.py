@@ -263,8 +263,11 @@ def amqp_env(celery_env: Env) -> Env:
     if not rabbitmq_up():  # scripts/ensure-rabbitmq starts it; a failure here is real
         pytest.fail("RabbitMQ is not running on 127.0.0.1:5672 (run scripts/ensure-rabbitmq)")
     queue = f"ckv-burst-{os.getpid()}-{time.monotonic_ns()}"
+    # the timer as a broker ETA message (kv_delay_store=False): the path this test holds to
+    # a SIGKILL; the delay store's own is in tests/celery/test_delay_store.py
     return dataclasses.replace(celery_env, broker=AMQP,
-                               conf={"task_default_queue": queue, "task_queues": None})
+                               conf={"task_default_queue": queue, "task_queues": None,
+                                     "kv_delay_store": False})
 
 
 @pytest.fixture

@@ -306,6 +306,7 @@ def make_app(url: str, prefix: str, model: LifecycleModel) -> Celery:
         task_serializer="json", result_serializer="json", accept_content=["json"],
         kv_redis_url=url, kv_prefix=prefix, kv_enqueue_claim_ttl=2.0, kv_wait_interval=0.05,
         kv_retry_deadline=2.0,
+        kv_delay_store=False,  # the model is the broker: its countdowns are its own
     )
     install(app)
 

@@ -41,6 +41,7 @@ from tests.faults.tasks import (
     ALL_CONCURRENCY,
     ALL_RATE,
     CONCURRENCY,
+    DEFERRED,
     RATE,
     ledger_key,
     register,
@@ -302,6 +303,11 @@ class Scenario:
 
     def starts(self) -> list[dict[str, Any]]:
         return [json.loads(e) for e in self.ledger.lrange(ledger_key(self.tag, "start"), 0, -1)]
+
+    def stored_before(self, at: float) -> set[str]:
+        """Task ids deferred into the delay store before ``at`` (ledger time)."""
+        entries = (json.loads(e) for e in self.ledger.lrange(DEFERRED, 0, -1))
+        return {e["id"] for e in entries if e["at"] < at}
 
     def running(self) -> list[dict[str, Any]]:
         """Bodies started and not completed (yet, or ever)."""

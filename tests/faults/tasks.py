@@ -10,6 +10,7 @@ is a body that died half-way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -19,6 +20,7 @@ import redis
 from celery import Celery
 
 from celery_kv import CachedTask, IdempotentTask, KVTask
+from celery_kv.celery import delays
 from tests.celery.apps import effects, now
 
 #: the limits the checks hold the ledger to
@@ -34,9 +36,31 @@ def ledger_key(tag: str, kind: str) -> str:
     return f"ledger:{tag}:{kind}"
 
 
+#: task ids deferred into the delay store, with the ledger's time (``journal_deferrals``)
+DEFERRED = "ledger:deferred"
+_journalled: set[str] = set()
+
+
+def journal_deferrals(ledger_url: str) -> None:
+    """Journal every deferral this process puts into the delay store: an empty restart or
+    eviction of the coordination Redis loses those still waiting there (the README's
+    "breaks when"), and the checks tell such a loss from a bug by this journal."""
+    if ledger_url in _journalled:
+        return
+    _journalled.add(ledger_url)
+    ledger = effects(ledger_url)
+
+    def journal(task: Any, task_id: str, entry: str) -> None:
+        with contextlib.suppress(redis.RedisError):  # the ledger of a scenario that ended
+            ledger.rpush(DEFERRED, json.dumps({"id": task_id, "at": now(ledger)}))
+
+    delays.after_store.append(journal)
+
+
 def register(app: Celery, ledger_url: str) -> None:
     """Define the ``f.*`` tasks on ``app``; bodies journal to ``ledger_url``."""
     ledger: redis.Redis = effects(ledger_url)
+    journal_deferrals(ledger_url)
 
     def journal(task: Any, tag: str, duration: float, unit: str | None = None,
                 group: str | None = None, **extra: Any) -> None:

@@ -109,6 +109,8 @@ class Feature:
     outcome_must_land: ClassVar[bool] = False
     final_phase: ClassVar[bool] = True  # it holds something until the final outcome
     on_unavailable: ClassVar[str] = "retry"  # default of kv_on_unavailable for this feature
+    #: the worker's maintenance thread calls ``tick`` on every poll (``maintenance``)
+    periodic: ClassVar[bool] = False
 
     #: seconds this feature's running lease lasts (renewed by the heartbeat); None: none
     lease: float | None = None
@@ -182,3 +184,10 @@ class Feature:
 
     def finished(self, run: Run, reply: list[Any], outcome: Outcome) -> None:
         """After the final outcome's phase: signals and warnings (a lost claim)."""
+
+    # -- maintenance --------------------------------------------------------------------
+
+    def tick(self, kv: Any, app: Any) -> None:
+        """Called by the worker's maintenance thread every poll for features with
+        ``periodic=True`` (in the worker's main process, once per feature object; an
+        exception is logged and the next poll calls it again). Keep it one round trip."""

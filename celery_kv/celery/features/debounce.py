@@ -30,6 +30,7 @@ from ...primitives._arguments import text, to_ms
 from ...primitives.lock import DEFAULT_FENCE_TTL
 from ...store import Step, codec
 from ..context import Context, Enqueue, Run
+from ..delays import DEFERRED
 from ..keys import KeySpec
 from ..options import Option, TaskDefinition, choice, key_spec, seconds
 from .base import Drop, Duplicate, Feature, Outcome, Skip, Wait
@@ -152,6 +153,7 @@ class Debounce(Feature):
         ctx.header["burst_msg"] = text(reply[3])
         ctx.overrides["countdown"] = int(reply[1]) / 1000.0
         ctx.overrides["eta"] = None
+        ctx.overrides[DEFERRED] = True  # a timer: through the delay store (kv_delay_store)
 
     def confirm(self, ctx: Enqueue) -> Step:
         burst, _ = self._keys(ctx)
