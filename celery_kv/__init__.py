@@ -10,6 +10,7 @@ from .celery import (
     install,
 )
 from .errors import (
+    ConcurrencyWaitersFull,
     CoordinationFull,
     CoordinationMisconfigured,
     CoordinationUnavailable,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KV",
     "CachedTask",
+    "ConcurrencyWaitersFull",
     "CoordinationFull",
     "CoordinationMisconfigured",
     "CoordinationUnavailable",

@@ -130,6 +130,22 @@ class IdempotencyKeyReused(KVError):
         )
 
 
+class ConcurrencyWaitersFull(KVError):
+    """A concurrency key already has ``concurrency_max_waiting`` runs waiting for a slot."""
+
+    def __init__(self, key: str = "", max_waiting: int = 0, task_name: str | None = None
+                 ) -> None:
+        super().__init__(key, max_waiting, task_name)
+        self.key = key
+        self.max_waiting = max_waiting
+        self.task_name = task_name
+
+    def __str__(self) -> str:
+        where = f"task {self.task_name!r} " if self.task_name else ""
+        return (f"{where}concurrency key {self.key!r} already has {self.max_waiting} runs "
+                f"waiting (concurrency_max_waiting={self.max_waiting})")
+
+
 class RateLimitExceeded(KVError):
     """A rate limit would delay the work past what the caller accepts."""
 
@@ -156,6 +172,7 @@ class RateLimitExceeded(KVError):
 
 
 __all__ = [
+    "ConcurrencyWaitersFull",
     "CoordinationFull",
     "CoordinationMisconfigured",
     "CoordinationUnavailable",

@@ -142,12 +142,19 @@ def test_every_lifecycle_step_script_runs(
     with refusals(kv) as refused:
         drive(every, fails, bodies, composed, renewing)
         drive_burst(burst, bodies)
+        drive_concurrency_pump(every)
     named = [(composed.get(sha, sha), error) for sha, error in refused]
     assert not named, f"{server.version()} refused: {named}"
     steps = {name for name in scripts.available() if name.startswith("task_")}
     assert steps - steps_run(composed) == set(), "step scripts this test did not reach"
     for key in keys_under(kv):
         assert kv.client.pttl(key) > 0, f"{key} has no TTL"
+
+
+def drive_concurrency_pump(task: Any) -> None:
+    """The concurrency pool's maintenance tick (its parking and grants run on every server
+    in tests/test_fair_pool.py)."""
+    task._kv_policy.feature("concurrency").tick(task.kv, task.app)
 
 
 def burst_due(burst: Any, key: str) -> bool:

@@ -401,6 +401,10 @@ def make_app(name: str, broker: str, backend: str, kv_url: str, prefix: str, fx_
         app.task(base=SingletonTask, shared=False, name=f"t.down_{policy}", on_unavailable=policy,
                  singleton_key="{tag}")(unavailable)
 
+    # -- fair concurrency slots (tests/celery/test_fair_concurrency.py) --------------------
+    from tests.celery.fair_apps import add_fair_tasks
+
+    add_fair_tasks(app, fx)
     return app
 
 

@@ -8,6 +8,8 @@
     celery -A proj kv idempotency TASK KEY         # one record of an idempotent task
     celery -A proj kv idempotency --namespace payments KEY
     celery -A proj kv debounce TASK [KEY]          # a debounced task's pending/running bursts
+    celery -A proj kv concurrency show TASK        # a pool's keys: running, waiting, weight
+    celery -A proj kv concurrency weight TASK KEY W  # a key's share of the pool (--clear)
     celery -A proj kv purge [--yes]                # SCAN + UNLINK every key under the prefix
 
 One module per subcommand; ``_base`` holds the group, the target (Redis and prefix, from
@@ -23,7 +25,7 @@ from ...kv import KV
 from ...store import admin
 from ...store.admin import decode_identity
 from ...store.urls import mask_url
-from . import debounce, doctor, idempotency, limits, locks, purge  # noqa: F401  (they register)
+from . import concurrency, debounce, doctor, idempotency, limits, locks, purge  # noqa: F401
 from ._base import kv, table
 
 lock_name_of = admin.name_of
