@@ -23,6 +23,7 @@ from .errors import (
     LockNotAcquired,
     RateLimitExceeded,
     Superseded,
+    Throttled,
 )
 from .kv import KV
 from .primitives.ratelimit import Decision
@@ -51,6 +52,7 @@ __all__ = [
     "RateLimitedTask",
     "SingletonTask",
     "Superseded",
+    "Throttled",
     "install",
     "signals",
 ]

@@ -171,6 +171,23 @@ class RateLimitExceeded(KVError):
         )
 
 
+class Throttled(KVError):
+    """Raise from a rate-limited task's body when a partner answered "429, retry after
+    N seconds": the task's limit (``limit``: its name; default the first) admits nothing
+    for that identity before ``retry_after`` seconds from now, on every worker, and this
+    run is deferred by ``retry_after`` (counted in ``rate_limit_max_delay``, not in
+    ``max_retries``). ``self.kv_throttle(retry_after)`` throttles without raising."""
+
+    def __init__(self, retry_after: float = 0.0, limit: str | None = None) -> None:
+        super().__init__(retry_after, limit)
+        self.retry_after = float(retry_after)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        which = f" ({self.limit})" if self.limit else ""
+        return f"throttled by a partner{which}: retry after {self.retry_after:.3f}s"
+
+
 __all__ = [
     "ConcurrencyWaitersFull",
     "CoordinationFull",
@@ -185,4 +202,5 @@ __all__ = [
     "LockNotAcquired",
     "RateLimitExceeded",
     "Superseded",
+    "Throttled",
 ]

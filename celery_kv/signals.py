@@ -11,7 +11,8 @@ Arguments each signal sends (besides ``sender``):
   ``key``, ``feature`` (``"singleton"`` or ``"idempotency"``), ``stage``
   (``"enqueue"`` or ``"execute"``);
 - ``task_replayed``: ``task_id``, ``key``, ``result``, ``original`` (task id that ran it);
-- ``task_rate_limited``: ``task_id``, ``key``, ``limit``, ``retry_after``, ``countdown``;
+- ``task_rate_limited``: ``task_id``, ``key``, ``limit``, ``retry_after``, ``countdown``,
+  ``reserved`` (True when the run reserved its slot: ``countdown`` is the wait for it);
 - ``lock_contended``: ``task_id``, ``key``, ``holder``, ``feature``
   (``"singleton"`` or ``"concurrency"``);
 - ``lock_lost``: ``task_id``, ``key``, ``feature`` (a heartbeat could not renew a lease);

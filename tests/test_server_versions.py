@@ -141,8 +141,9 @@ def test_every_lifecycle_step_script_runs(
 
     with refusals(kv) as refused:
         drive(every, fails, bodies, composed, renewing)
-        drive_burst(burst, bodies)
         drive_concurrency_pump(every)
+        drive_rate_limit_reservation(every)
+        drive_burst(burst, bodies)
     named = [(composed.get(sha, sha), error) for sha, error in refused]
     assert not named, f"{server.version()} refused: {named}"
     steps = {name for name in scripts.available() if name.startswith("task_")}
@@ -155,6 +156,29 @@ def drive_concurrency_pump(task: Any) -> None:
     """The concurrency pool's maintenance tick (its parking and grants run on every server
     in tests/test_fair_pool.py)."""
     task._kv_policy.feature("concurrency").tick(task.kv, task.app)
+
+
+def drive_rate_limit_reservation(every: Any) -> None:
+    """A rate-limit reservation taken and given back: a throttle holds the limit for
+    0.5 s, so the start step reserves a later slot (as on a worker, where ``apply()``
+    cannot: eager runs never reserve), and a revoke of its message gives it back."""
+    from types import SimpleNamespace
+
+    from celery_kv.celery.context import HEADER, Run
+    from celery_kv.celery.execution import release_revoked
+
+    feature = every._kv_policy.feature("rate_limit")
+    request = SimpleNamespace(id="reserved-" + uuid.uuid4().hex[:8], retries=0, headers={},
+                              is_eager=False, args=(5,), kwargs={}, callbacks=None,
+                              errbacks=None, chain=None, chord=None, group=None)
+    run = Run(every, request, (5,), {})
+    feature.throttle(run, 0.5)
+    answer = every.kv.store.run_phase("execution start", [feature.start(run)])
+    marks = feature.denied(run, answer.replies[-1]).marks
+    assert marks["rate_limit_reservation"], "a later slot was reserved"
+    request.headers = {HEADER: {**marks, "attempt": 0}}
+    release_revoked(every, request)
+    assert not every.kv.client.exists(feature.record_key(run)), "the slot was given back"
 
 
 def burst_due(burst: Any, key: str) -> bool:

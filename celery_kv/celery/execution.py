@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 from celery.exceptions import Ignore, Reject, Retry
 
 from .. import signals
-from ..errors import CoordinationUnavailable, LockLost, Superseded
+from ..errors import CoordinationUnavailable, LockLost, Superseded, Throttled
 from ..primitives._arguments import text, to_ms
 from ..primitives.heartbeat import Heartbeat
 from ..store import Step, codec
@@ -96,6 +96,8 @@ class Execution:
         except Superseded as exc:
             self.finish(FAILED)  # frees nothing of the newer holder's: not its token
             self._revoked(exc)
+        except Throttled as exc:
+            self.throttled(exc)
         except BaseException:
             self.finish(FAILED)
             raise
@@ -236,6 +238,21 @@ class Execution:
             raise Ignore()
         raise Retry(f"celery-kv: {wait.reason}", exc=wait.reason, when=round(countdown, 3),
                     sig=sig)
+
+    def throttled(self, exc: Throttled) -> NoReturn:
+        """The body raised ``Throttled``: its rate limit tells every worker to wait, and
+        this run hands its claims back and is deferred (features/rate_limit.py)."""
+        feature = self.policy.feature("rate_limit")
+        if feature is None:
+            self.finish(FAILED)
+            raise exc
+        try:
+            wait = feature.throttled(self.run, exc)
+        except Exception:  # a bad retry_after, say: the run fails and lets go of its keys
+            self.finish(FAILED)
+            raise
+        self.hand_back(float(wait.countdown or 0.0))
+        self.defer(wait)
 
     def retry_delay(self, when: Any) -> float:
         """The countdown of a retry (``Retry.when``: seconds or an ETA)."""

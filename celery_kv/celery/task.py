@@ -26,7 +26,10 @@ Inside a task body:
   (``on_duplicate="supersede"``; learned at the next heartbeat, within about a third of
   ``lock_ttl``), and ``self.kv_checkpoint()`` then raises ``Superseded`` (a ``LockLost``);
   a body that lets it propagate ends REVOKED;
-- ``self.request.kv_rate_limit`` is the rate limit ``Decision`` that admitted the run.
+- ``self.request.kv_rate_limit`` is the rate limit ``Decision`` that admitted the run
+  (its ``at``: the server time the run was counted at, its reserved slot if it had one);
+- ``self.kv_throttle(retry_after)`` holds the task's rate limit back on every worker
+  (a partner's 429); ``raise Throttled(retry_after)`` does that and defers the run.
 
 How a call goes: ``apply_async`` claims the keys for the new task id (see ``enqueue``);
 the worker checks every key again around the body (see ``execution``), so
@@ -116,6 +119,20 @@ class KVTask(Task):  # type: ignore[misc]
         running = getattr(self.request, "_kv_run", None)
         if running is not None:
             running.checkpoint()
+
+    def kv_throttle(self, retry_after: float, limit: str | int | None = None) -> float:
+        """Admit no run of this task's rate limit (``limit``: its name or index; default
+        the first)
+        for the current run's identity before ``retry_after`` seconds from now, on every
+        worker: a partner's 429. Returns the server time it is throttled until.
+        ``raise celery_kv.Throttled(retry_after)`` also defers the current run."""
+        feature = self._require_policy().feature("rate_limit")
+        if feature is None:
+            raise ValueError(f"task {self.name!r} has no rate limit to throttle")
+        running = getattr(self.request, "_kv_run", None)
+        if running is None:
+            raise RuntimeError(f"task {self.name!r}: kv_throttle is for use inside a run")
+        return float(feature.throttle(running.run, retry_after, limit))
 
     def kv_keys(self, args: Any = None, kwargs: Any = None,
                 idempotency_key: str | None = None) -> Keys:

@@ -405,6 +405,11 @@ def make_app(name: str, broker: str, backend: str, kv_url: str, prefix: str, fx_
     from tests.celery.fair_apps import add_fair_tasks
 
     add_fair_tasks(app, fx)
+
+    # -- rate-limit reservations, overrides, throttles (tests/celery/apps_ratelimit.py) ----
+    from tests.celery.apps_ratelimit import add_tasks as add_ratelimit_tasks
+
+    add_ratelimit_tasks(app, fx)
     return app
 
 

@@ -1,4 +1,13 @@
-"""``celery kv limits``: the state of one rate limit, read without charging it."""
+"""``celery kv limits``: the state of a rate limit (``show``, the default) and its overrides.
+
+    celery -A proj kv limits [show] TASK [IDENTITY]      # state, without charging it
+    celery -A proj kv limits set TASK IDENTITY RATE [--limit NAME] [--ttl SECONDS]
+    celery -A proj kv limits unset TASK IDENTITY [--limit NAME]
+    celery -A proj kv limits list [TASK]                 # live overrides
+
+The old form ``limits TASK [IDENTITY]`` (and ``limits --rate ...``) is ``limits show``.
+A task-wide limit's IDENTITY is the empty string ``''``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,9 @@ import click
 
 from ...primitives.ratelimit import RateLimit
 from ...store import KeyLike
+from .. import limits as overrides
 from ._base import (
+    OneLineGroup,
     Target,
     app_of,
     common,
@@ -50,22 +61,40 @@ def _part(value: Any) -> str | int:
     return value
 
 
-def _task_limits(found: Target, task: Any, identity: str | None) -> list[RateLimit]:
-    """The RateLimit objects a task is charged, built as its workers build them."""
+def _task_limits(found: Target, task: Any, identity: str | None,
+                 who: KeyLike) -> list[tuple[RateLimit, KeyLike]]:
+    """The RateLimit objects a task is charged, built as its workers build them, each
+    with the identity it is charged for (a task-wide limit's is '')."""
     feature = feature_of(task, "rate_limit", "global_rate_limit")
-    per_key = feature.key is not None
-    if per_key and identity is None:
+    keyed = [spec.key for spec in feature.specs if spec.key is not None]
+    if keyed and identity is None:
+        name = "rate_limit_key" if keyed[0] is feature.key else keyed[0].option
         raise click.UsageError(
-            f"task {task.name!r} limits per rate_limit_key={feature.key.value!r}: "
+            f"task {task.name!r} limits per {name}={keyed[0].value!r}: "
             "give the IDENTITY (the value that key takes)"
         )
-    if not per_key and identity is not None:
+    if not keyed and identity is not None:
         raise click.UsageError(f"task {task.name!r} has one global limit: give no IDENTITY")
     limits: list[RateLimit] = feature.limits(found.kv)
-    return limits
+    return [(limit, who if spec.key is not None else "")
+            for limit, spec in zip(limits, feature.specs, strict=True)]
 
 
-@kv.command()
+class _LimitsGroup(OneLineGroup):
+    """``limits`` whose first argument is not a subcommand runs ``limits show``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@kv.group(cls=_LimitsGroup)
+def limits() -> None:
+    """Rate limits: state (show, the default), per-identity overrides (set, unset, list)."""
+
+
+@limits.command("show")
 @common
 @click.argument("task_or_identity", metavar="TASK")
 @click.argument("identity", metavar="[IDENTITY]", required=False)
@@ -80,7 +109,7 @@ def _task_limits(found: Target, task: Any, identity: str | None) -> list[RateLim
                    "by default it is a string, as a '{tenant_id}' template makes it.")
 @click.pass_context
 @guarded
-def limits(ctx: click.Context, task_or_identity: str, identity: str | None, rate: str | None,
+def show(ctx: click.Context, task_or_identity: str, identity: str | None, rate: str | None,
            algorithm: str, burst: int | None, limit_name: str | None, scope: str | None,
            key_json: bool, url: str | None, prefix: str | None, as_json: bool) -> None:
     """State of one rate limit, without charging it.
@@ -96,14 +125,14 @@ def limits(ctx: click.Context, task_or_identity: str, identity: str | None, rate
     found = target(ctx, url, prefix)
     if rate is not None:
         try:
-            chosen = [RateLimit(found.kv.store, rate, algorithm, burst, name=limit_name,
-                                scope=scope)]
+            chosen = [(RateLimit(found.kv.store, rate, algorithm, burst, name=limit_name,
+                                 scope=scope), who)]
         except (ValueError, TypeError) as exc:
             raise click.BadParameter(str(exc)) from None
     else:
-        chosen = _task_limits(found, task_of(app_of(ctx), task_or_identity), identity)
+        chosen = _task_limits(found, task_of(app_of(ctx), task_or_identity), identity, who)
     rows: list[dict[str, Any]] = []
-    for limit in chosen:
+    for limit, who in chosen:
         decision = limit.peek(who)
         redis_key = limit.redis_key(who)
         rows.append({
@@ -123,3 +152,105 @@ def limits(ctx: click.Context, task_or_identity: str, identity: str | None, rate
           f"{r['remaining']}/{r['capacity']}", seconds(r["retry_after"]),
           seconds(r["reset_after"]), r["key"] if r["exists"] else f"{r['key']} (absent)")
          for r in rows]))
+
+
+def _override_target(ctx: click.Context, url: str | None, prefix: str | None,
+                     task_name: str) -> tuple[Target, Any]:
+    found = target(ctx, url, prefix)
+    task = task_of(app_of(ctx), task_name)
+    feature_of(task, "rate_limit", "global_rate_limit or rate_limits")
+    return found, task
+
+
+def _checked(fn: Any) -> Any:
+    try:
+        return fn()
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@limits.command("set")
+@common
+@click.argument("task_name", metavar="TASK")
+@click.argument("identity", metavar="IDENTITY")
+@click.argument("rate", metavar="RATE")
+@click.option("--limit", "limit_name", default=None, help="Which of the task's limits "
+              "(its name); default: the first.")
+@click.option("--ttl", type=float, default=None, help="Seconds until the override lapses; "
+              "default: it stays until unset.")
+@click.option("--key-json", is_flag=True, help="Read IDENTITY as JSON (see show).")
+@click.pass_context
+@guarded
+def set_(ctx: click.Context, task_name: str, identity: str, rate: str, limit_name: str | None,
+         ttl: float | None, key_json: bool, url: str | None, prefix: str | None,
+         as_json: bool) -> None:
+    """Charge IDENTITY at RATE (e.g. 50/s) on TASK's limit, on every worker from its next
+    admission, without a restart. A task-wide limit's IDENTITY is ''."""
+    found, task = _override_target(ctx, url, prefix, task_name)
+    who = _identity(identity, key_json)
+    parsed = _checked(lambda: overrides.set_override(task, who, rate, limit=limit_name,
+                                                     ttl=ttl, kv=found.kv))
+    chosen = _checked(lambda: overrides.task_limit(task, limit_name, found.kv))
+    row = {"task": task.name, "limit": chosen.name, "identity": who, "rate": str(parsed),
+           "ttl": ttl, "key": chosen.redis_key(who)}
+    if as_json:
+        emit_json(row)
+        return
+    lasts = f" for {seconds(ttl)}" if ttl else " until unset"
+    click.echo(f"{task.name} {chosen.name} {who!r}: {parsed}{lasts}")
+
+
+@limits.command("unset")
+@common
+@click.argument("task_name", metavar="TASK")
+@click.argument("identity", metavar="IDENTITY")
+@click.option("--limit", "limit_name", default=None, help="Which of the task's limits.")
+@click.option("--key-json", is_flag=True, help="Read IDENTITY as JSON (see show).")
+@click.pass_context
+@guarded
+def unset(ctx: click.Context, task_name: str, identity: str, limit_name: str | None,
+          key_json: bool, url: str | None, prefix: str | None, as_json: bool) -> None:
+    """Go back to TASK's own rate for IDENTITY."""
+    found, task = _override_target(ctx, url, prefix, task_name)
+    who = _identity(identity, key_json)
+    removed = _checked(lambda: overrides.unset_override(task, who, limit=limit_name,
+                                                        kv=found.kv))
+    if as_json:
+        emit_json({"task": task.name, "identity": who, "removed": removed})
+        return
+    click.echo(f"{task.name} {who!r}: " + ("override removed" if removed else "no override"))
+
+
+@limits.command("list")
+@common
+@click.argument("task_name", metavar="[TASK]", required=False)
+@click.pass_context
+@guarded
+def list_(ctx: click.Context, task_name: str | None, url: str | None, prefix: str | None,
+          as_json: bool) -> None:
+    """Live overrides of TASK's limits (default: of every rate-limited task)."""
+    found = target(ctx, url, prefix)
+    app = app_of(ctx)
+    if task_name is not None:
+        tasks = [task_of(app, task_name)]
+        feature_of(tasks[0], "rate_limit", "global_rate_limit or rate_limits")
+    else:
+        app.loader.import_default_modules()
+        tasks = [t for _, t in sorted(app.tasks.items())
+                 if getattr(t, "_kv_policy", None) is not None
+                 and t._kv_policy.feature("rate_limit") is not None]
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for task in tasks:
+        for item in overrides.list_overrides(task, found.kv):
+            if item.key not in seen:  # a shared limit: listed under its first task
+                seen.add(item.key)
+                rows.append({"task": item.task, "limit": item.limit, "key": item.key,
+                             "rate": str(item.rate), "ttl": item.ttl})
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(table(["TASK", "LIMIT", "RATE", "LAPSES IN", "KEY"],
+                     [(r["task"], r["limit"], r["rate"],
+                       seconds(r["ttl"]) if r["ttl"] is not None else "never", r["key"])
+                      for r in rows]))

@@ -1,55 +1,87 @@
 -- GCRA (generic cell rate algorithm) over N limits, charged all-or-nothing.
 -- Each key holds one identity's TAT (theoretical arrival time) in server
 -- microseconds as a decimal string. It expires when the TAT is reached, so an
--- idle identity costs no memory. A request of `cost` is admitted when
--- max(TAT, now) + cost * interval - burst * interval <= now; only then, and only
--- when every key admits, is any TAT moved. A denied call writes nothing.
--- KEYS[i]        TAT of limit i (all keys share one hash tag)
--- ARGV[1]        'hit' (charge when every key admits) or 'peek' (charge nothing)
--- ARGV[2]        cost, an integer >= 1 (peek passes 1: "would one more be admitted?")
--- ARGV[2i+1]     emission interval of limit i in whole microseconds (>= 1)
--- ARGV[2i+2]     burst of limit i (>= cost; burst * interval <= 2^51, so that every
---                value here, at most now + 2 * burst * interval, is exact in a double)
--- Returns one string of space-separated integers: now_us, then for each key allowed 0/1,
--- remaining, retry_after_us, reset_after_us (one bulk reply parses faster than an array).
--- remaining and reset_after describe the state after this call (unchanged when not charged).
+-- idle identity costs no memory. A request of `cost` on a key is admitted at time
+-- t when max(TAT, t) + cost * interval - burst * interval <= t; the slot S is the
+-- earliest t >= now at which every key admits (and every throttle has passed).
+-- 'hit' charges only when S = now; 'reserve' also charges when S is later (within
+-- the horizon): every key's TAT becomes max(TAT, S) + cost * interval, as if the
+-- request arrived at S. A call that charges nothing writes nothing.
+-- KEYS[i], i <= N  TAT of limit i (all keys share one hash tag)
+-- KEYS[N+i]        optional: limit i's "throttled until" key (server us; see ratelimit_throttle)
+-- KEYS[2N+1]       optional: the overrides hash (field: KEYS[i]; value "limit period_us until_us")
+-- ARGV[1]          'hit', 'reserve' or 'peek' (charge nothing)
+-- ARGV[2]          horizon: the latest slot a 'reserve' takes, in us from now
+-- ARGV[3i..3i+2]   limit i: cost (>= 1), emission interval in whole us (>= 1), burst (an
+--                  override makes them ceil(period / limit) and limit); burst * interval
+--                  <= 2^51 keeps every value here exact in a double
+-- Returns one string of space-separated integers: now_us, slot_us (0 when nothing was charged),
+-- then for each key allowed-now 0/1, remaining, retry_after_us, reset_after_us, mark (the TAT
+-- this call set, 0 if none) and amount (cost * interval: what a give-back takes off).
 -- retry: unsafe (a hit replayed after a lost reply would charge twice; peek mode is safe)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cost = tonumber(ARGV[2])
+local mode = ARGV[1]
+local n = (#ARGV - 2) / 3
+local aux = #KEYS > n
 -- Expiries are absolute (PXAT/PEXPIREAT, ms, from TIME): a relative TTL counts from the
 -- server's own command-time snapshot, which can trail TIME (by microseconds on Redis,
 -- milliseconds on fakeredis) and would let the key vanish before its state is spent.
 
-local tats, all_ok = {}, true
-for i = 1, #KEYS do
+local ks, slot, never = {}, now, false
+for i = 1, n do
+  local k = {cost = tonumber(ARGV[3 * i]), interval = tonumber(ARGV[3 * i + 1]),
+    burst = tonumber(ARGV[3 * i + 2]), hold = 0}
+  if aux then
+    local o = redis.call('HGET', KEYS[2 * n + 1], KEYS[i])
+    if o then
+      local lim, per, till = string.match(o, '^(%d+) (%d+) (%d+)')
+      lim, per, till = tonumber(lim), tonumber(per), tonumber(till)
+      if lim and (till == 0 or till > now) then
+        local q = math.floor(per / lim)
+        while q * lim < per do q = q + 1 end
+        while q > 1 and (q - 1) * lim >= per do q = q - 1 end
+        k.interval, k.burst = math.max(q, 1), lim
+      end
+    end
+    k.hold = tonumber(redis.call('GET', KEYS[n + i])) or 0
+  end
   local tat = tonumber(redis.call('GET', KEYS[i])) or now
   if tat < now then
     tat = now
   end
-  tats[i] = tat
-  -- admitted when tat + cost * interval - burst * interval <= now
-  if tat + (cost - tonumber(ARGV[2 * i + 2])) * tonumber(ARGV[2 * i + 1]) > now then
-    all_ok = false
+  k.tat = tat
+  k.at = math.max(tat + (k.cost - k.burst) * k.interval, k.hold)
+  if k.cost > k.burst then
+    never = true  -- an override shrank the burst below the cost: no slot admits it
+  end
+  slot = math.max(slot, k.at)
+  ks[i] = k
+end
+local charge = false
+if not never then
+  if mode == 'hit' then
+    charge = slot <= now
+  elseif mode == 'reserve' then
+    charge = slot - now <= tonumber(ARGV[2])
   end
 end
-local charge = all_ok and ARGV[1] == 'hit'
-local out = {string.format('%.0f', now)}
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i + 1])
-  local tau = interval * tonumber(ARGV[2 * i + 2])
-  local tat = tats[i]
-  local allow_at = tat + cost * interval - tau
-  local ok, retry = 1, 0
-  if allow_at > now then
-    ok, retry = 0, allow_at - now
+local out = {string.format('%.0f', now), charge and string.format('%.0f', slot) or '0'}
+for i = 1, n do
+  local k = ks[i]
+  local tau = k.interval * k.burst
+  local tat, ok, retry, mark = k.tat, 1, 0, 0
+  if k.at > now or k.cost > k.burst then
+    ok, retry = 0, math.max(k.at - now, 0)
   end
   if charge then
-    tat = tat + cost * interval
+    tat = math.max(tat, slot) + k.cost * k.interval
+    mark = tat
     redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PXAT',
       string.format('%.0f', math.ceil(tat / 1000)))
   end
-  local remaining = math.max(math.floor((tau - (tat - now)) / interval), 0)
-  out[i + 1] = string.format('%d %d %.0f %.0f', ok, remaining, retry, tat - now)
+  local remaining = math.max(math.floor((tau - (tat - now)) / k.interval), 0)
+  out[i + 2] = string.format('%d %d %.0f %.0f %.0f %.0f', ok, remaining, retry, tat - now, mark,
+    k.cost * k.interval)
 end
 return table.concat(out, ' ')

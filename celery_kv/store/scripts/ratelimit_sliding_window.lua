@@ -1,79 +1,168 @@
 -- Sliding window counter (Cloudflare style) over N limits, charged all-or-nothing.
--- Approximate: it keeps two counts per identity, the current fixed window's (c)
--- and the previous one's (p), and estimates the last period's traffic as
--- p * (share of the previous window still inside the period) + c. No fixed
--- window ever admits more than `limit`; a sliding period can admit more (up to
--- about twice `limit`) only when traffic bunched up at a window boundary.
--- Each key is a hash {w = window index, c, p}, expiring when both counts
--- have left the period. Windows are aligned on server time: w = floor(now / period).
--- Only when every key admits is anything written. A denied call writes nothing.
--- KEYS[i]        counters of limit i (all keys share one hash tag)
--- ARGV[1]        'hit' (charge when every key admits) or 'peek' (charge nothing)
--- ARGV[2]        cost, an integer >= 1 (peek passes 1)
--- ARGV[2i+1]     limit i, ARGV[2i+2] its period in whole microseconds
--- Returns one string of space-separated integers: now_us, then for each key allowed 0/1,
--- remaining, retry_after_us, reset_after_us (one bulk reply parses faster than an array).
+-- Approximate: at time t in window w (w = floor(t / period), e = t - w * period) the
+-- last period's traffic is estimated as p * (period - e) / period + c, c the units
+-- charged to window w and p those charged to w - 1. No fixed window ever admits more
+-- than `limit`; a sliding period can admit more (up to about twice `limit`) only when
+-- traffic bunched up at a window boundary.
+-- Each key is a hash of counters, field "<w>" = units charged to window w (reservations
+-- included) and "m" = the latest window holding any; it expires when window m's count
+-- has left the period (the end of window m + 1).
+-- The slot S is the earliest t >= now, in window m or later, at which p * (period - e)
+-- + (c + cost) * period <= limit * period, c counting every unit of S's window
+-- (reserved ones after S too, so the estimate at S is never low). Never before window m:
+-- a unit added to an earlier window would raise the p of window m's units after they
+-- were admitted, so requests queue in arrival order behind the latest reservation.
+-- Within one window the bound of every later unit still holds, as the p term only
+-- shrinks with e. 'hit' charges only when S = now, 'reserve' also charges a later S
+-- within the horizon. A call that charges nothing writes nothing.
+-- KEYS[i], i <= N  counters of limit i (all keys share one hash tag)
+-- KEYS[N+i]        optional: limit i's "throttled until" key (server us; see ratelimit_throttle)
+-- KEYS[2N+1]       optional: the overrides hash (field: KEYS[i]; value "limit period_us until_us")
+-- ARGV[1]          'hit', 'reserve' or 'peek' (charge nothing)
+-- ARGV[2]          horizon: the latest slot a 'reserve' takes, in us from now
+-- ARGV[3i..3i+2]   limit i: cost (>= 1), limit, period in whole us
+-- Returns one string of space-separated integers: now_us, slot_us (0 when nothing was charged),
+-- then for each key allowed-now 0/1, remaining, retry_after_us, reset_after_us, mark (the window
+-- charged, 0 if none) and amount (the cost: what a give-back takes off).
 -- retry: unsafe (a hit replayed after a lost reply would charge twice; peek mode is safe)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cost = tonumber(ARGV[2])
+local mode = ARGV[1]
+local n = (#ARGV - 2) / 3
+local aux = #KEYS > n
+local SCAN = 1000  -- windows looked at per key: past that, no slot is offered
 -- Expiries are absolute (PXAT/PEXPIREAT, ms, from TIME): a relative TTL counts from the
 -- server's own command-time snapshot, which can trail TIME (by microseconds on Redis,
 -- milliseconds on fakeredis) and would let the key vanish before its state is spent.
 
--- microseconds from `e` (elapsed in the current window) until `cost` fits
-local function wait(limit, period, e, c, p)
-  if c + cost <= limit then
-    -- later in this window, once enough of p has slid out: p * (period - x) <= room * period
-    return period - math.floor((limit - c - cost) * period / p) - e
+-- units charged to window w of key i (read once per call: k.seen caches them)
+local function count(i, k, w)
+  local c = k.seen[w]
+  if c == nil then
+    c = tonumber(redis.call('HGET', KEYS[i], string.format('%.0f', w))) or 0
+    k.seen[w] = c
   end
-  -- next window, where c becomes the previous count
-  return period - e + math.max(period - math.floor((limit - cost) * period / c), 0)
+  return c
 end
 
-local cs, ps, all_ok = {}, {}, true
-for i = 1, #KEYS do
-  local limit, period = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
-  local w = math.floor(now / period)
-  local stored = redis.call('HMGET', KEYS[i], 'w', 'c', 'p')
-  local sw, c, p = tonumber(stored[1]), 0, 0
-  if sw == w then
-    c, p = tonumber(stored[2]) or 0, tonumber(stored[3]) or 0
-  elseif sw == w - 1 then
-    p = tonumber(stored[2]) or 0
+-- the earliest time >= from, in window m or later, at which key i admits its cost, or nil
+local function fit(i, k, from)
+  local P = k.period
+  local w = math.max(math.floor(from / P), k.last)
+  local p = count(i, k, w - 1)
+  for _ = 1, SCAN do
+    local c = count(i, k, w)
+    if c + k.cost <= k.limit then
+      local e = 0
+      if p > 0 then
+        -- p * (P - e) <= room * P  <=>  e >= P - floor(room * P / p), e whole microseconds
+        e = math.max(P - math.floor((k.limit - c - k.cost) * P / p), 0)
+      end
+      local at = math.max(from, w * P + e)
+      if at < (w + 1) * P then
+        return at
+      end
+    end
+    w, p = w + 1, c
   end
-  cs[i], ps[i] = c, p
-  -- weighted in whole units of (microsecond * count) to stay exact
-  if p * (period - (now - w * period)) + (c + cost) * period > limit * period then
-    all_ok = false
+  return nil
+end
+
+local ks, slot, never = {}, now, false
+for i = 1, n do
+  local k = {cost = tonumber(ARGV[3 * i]), limit = tonumber(ARGV[3 * i + 1]),
+    period = tonumber(ARGV[3 * i + 2]), hold = 0}
+  if aux then
+    local o = redis.call('HGET', KEYS[2 * n + 1], KEYS[i])
+    if o then
+      local lim, per, till = string.match(o, '^(%d+) (%d+) (%d+)')
+      if lim and (tonumber(till) == 0 or tonumber(till) > now) then
+        k.limit, k.period = tonumber(lim), tonumber(per)
+      end
+    end
+    k.hold = tonumber(redis.call('GET', KEYS[n + i])) or 0
+  end
+  local w = math.floor(now / k.period)
+  local got = redis.call('HMGET', KEYS[i], 'm', string.format('%.0f', w),
+    string.format('%.0f', w - 1))
+  k.last = tonumber(got[1]) or -1
+  k.seen = {[w] = tonumber(got[2]) or 0, [w - 1] = tonumber(got[3]) or 0}
+  local at = k.cost <= k.limit and fit(i, k, math.max(now, k.hold)) or nil
+  if at == nil then
+    never = true
+    at = math.max(now, k.hold) + SCAN * k.period
+  end
+  k.at = at
+  slot = math.max(slot, at)
+  ks[i] = k
+end
+-- a slot every key admits: move it on until no key needs a later one
+local settled = never
+for _ = 1, 64 do
+  if settled then
+    break
+  end
+  settled = true
+  for i = 1, n do
+    local at = fit(i, ks[i], slot)
+    if at == nil then
+      never = true
+      break
+    end
+    if at > slot then
+      slot, settled = at, false
+    end
   end
 end
-local charge = all_ok and ARGV[1] == 'hit'
-local out = {string.format('%.0f', now)}
-for i = 1, #KEYS do
-  local limit, period = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
-  local w = math.floor(now / period)
-  local e = now - w * period
-  local c, p = cs[i], ps[i]
-  local used = p * (period - e) + c * period
-  local ok, retry = 1, 0
-  if used + cost * period > limit * period then
-    ok, retry = 0, wait(limit, period, e, c, p)
+local charge = false
+if settled and not never then
+  if mode == 'hit' then
+    charge = slot <= now
+  elseif mode == 'reserve' then
+    charge = slot - now <= tonumber(ARGV[2])
+  end
+end
+local out = {string.format('%.0f', now), charge and string.format('%.0f', slot) or '0'}
+for i = 1, n do
+  local k, key = ks[i], KEYS[i]
+  local P = k.period
+  local w = math.floor(now / P)
+  local e = now - w * P
+  local ok, retry, mark, last = 1, 0, 0, k.last
+  if k.at > now then
+    ok, retry = 0, k.at - now
   end
   if charge then
-    c, used = c + cost, used + cost * period
-    redis.call('HSET', KEYS[i], 'w', string.format('%.0f', w), 'c', string.format('%d', c),
-      'p', string.format('%d', p))
-    redis.call('PEXPIREAT', KEYS[i],
-      string.format('%.0f', math.ceil((now + 2 * period - e) / 1000)))
+    mark = math.floor(slot / P)
+    if last < w - 1 then
+      redis.call('DEL', key)  -- every window it counted has left the period
+    elseif redis.call('HLEN', key) > 3 then
+      for _, field in ipairs(redis.call('HKEYS', key)) do
+        local old = tonumber(field)
+        if old and old < w - 1 then
+          redis.call('HDEL', key, field)
+        end
+      end
+    end
+    redis.call('HINCRBY', key, string.format('%.0f', mark), k.cost)
+    if mark > last then
+      last = mark
+      redis.call('HSET', key, 'm', string.format('%.0f', last))
+    end
+    redis.call('PEXPIREAT', key, string.format('%.0f', math.ceil((last + 2) * P / 1000)))
   end
+  local c, p = count(i, k, w), count(i, k, w - 1)
+  if charge and mark == w then
+    c = c + k.cost
+  end
+  local used = p * (P - e) + c * P
   local reset = 0
-  if c > 0 then
-    reset = 2 * period - e
+  if last > w or c > 0 then
+    reset = (math.max(last, w) + 2) * P - now
   elseif p > 0 then
-    reset = period - e
+    reset = P - e
   end
-  local remaining = math.max(math.floor((limit * period - used) / period), 0)
-  out[i + 1] = string.format('%d %d %.0f %.0f', ok, remaining, retry, reset)
+  local remaining = math.max(math.floor((k.limit * P - used) / P), 0)
+  out[i + 2] = string.format('%d %d %.0f %.0f %.0f %d', ok, remaining, retry, reset, mark, k.cost)
 end
 return table.concat(out, ' ')
