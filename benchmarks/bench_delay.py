@@ -30,7 +30,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from celery_kv import KVTask, install
-from celery_kv.celery.delays import delay_store
+from celery_kv.celery.delays import delay_store_for
 from celery_kv.testing import redis_server
 
 from ._common import interleaved_medians, table
@@ -72,7 +72,7 @@ def run_way(app: Celery, task: Any, ran: list[float], n: int, delay: float) -> t
         last = max(ran)
         rate = n / max(last - max(due, start), 1e-3)
         wait_store = time.monotonic() + 10
-        while delay_store(kv).count() and time.monotonic() < wait_store:
+        while delay_store_for(task.app).count() and time.monotonic() < wait_store:
             time.sleep(0.01)
         trips = len(sent)
     return rate, trips

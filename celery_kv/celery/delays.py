@@ -21,6 +21,7 @@ that cannot be reached falls back to the broker countdown.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
 import uuid
 import weakref
@@ -74,7 +75,21 @@ LEASE = Option(
     "delay_lease", "a worker that claimed due deferred messages has this long to publish "
     "them before another worker may (after a crash)", seconds, 30.0, "kv_delay_lease",
     task_option=False)
-OPTIONS = (DELAY_STORE, POLL_INTERVAL, LEASE)
+
+
+def _namespace(value: Any, where: Where) -> str | None:
+    if value is None or (isinstance(value, str) and value and len(value) <= 200):
+        return value
+    raise ValueError(f"{where(value)} must be None or a non-empty string (at most 200 "
+                     "characters)")
+
+
+NAMESPACE = Option(
+    "delay_namespace", "the delay store a producer and its workers share; by default one "
+    "per broker URL, so a worker only publishes messages into the broker they were deferred "
+    "from (set it when producers and workers spell the broker URL differently)", _namespace,
+    None, "kv_delay_namespace", task_option=False)
+OPTIONS = (DELAY_STORE, POLL_INTERVAL, LEASE, NAMESPACE)
 
 #: hooks called after a deferral went into the store, with (task, task id, entry id): the
 #: fault suite journals them, to tell a deferral lost with the store's data from a bug
@@ -82,15 +97,39 @@ after_store: list[Callable[[Any, str, str], None]] = []
 
 _publishing: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "celery_kv_delay_publishing", default=False)
-_stores: weakref.WeakKeyDictionary[KV, DelayStore] = weakref.WeakKeyDictionary()
+_stores: weakref.WeakKeyDictionary[KV, dict[str, DelayStore]] = weakref.WeakKeyDictionary()
 
 
-def delay_store(kv: KV) -> DelayStore:
-    """The delay store of one ``KV`` (one per KV, built on first use)."""
-    found = _stores.get(kv)
+def namespace_of(app: Any) -> str:
+    """The app's delay store namespace: ``kv_delay_namespace``, else a digest of its broker
+    URL. Apps with other brokers may share the coordination Redis and its prefix: each
+    poller then publishes only into the broker its app publishes to."""
+    from .install import installed
+
+    configured = installed(app).settings.delay_namespace
+    if configured:
+        return str(configured)
+    url = app.conf.broker_write_url or app.conf.broker_url
+    if isinstance(url, (list, tuple)):
+        url = ";".join(str(u) for u in url)
+    digest = hashlib.blake2b(str(url or "").encode(), digest_size=6).hexdigest()
+    return f"broker-{digest}"
+
+
+def delay_store(kv: KV, namespace: str = "delay") -> DelayStore:
+    """The delay store of one ``KV`` and namespace (built on first use)."""
+    per_kv = _stores.setdefault(kv, {})
+    found = per_kv.get(namespace)
     if found is None:
-        found = _stores[kv] = DelayStore(kv.store)
+        found = per_kv[namespace] = DelayStore(kv.store, namespace)
     return found
+
+
+def delay_store_for(app: Any) -> DelayStore:
+    """The delay store an app's deferrals go to, and its workers publish from."""
+    from .install import installed
+
+    return delay_store(installed(app).kv, namespace_of(app))
 
 
 def publishing() -> bool:
@@ -142,7 +181,7 @@ def _store(task: Any, publish: Publish, args: Any, kwargs: Any, task_id: str,
     rest["headers"] = headers
     body = dict(task.signature(args, kwargs, {**rest, "task_id": task_id}))
     try:
-        delay_store(task.kv).add(entry, delay, body,
+        delay_store_for(task.app).add(entry, delay, body,
                                  what=f"deferred message of task {task.name!r}")
     except CoordinationUnavailable as exc:
         log.warning("task %s[%s]: the delay store is out of reach (%s); deferred with a "
@@ -186,7 +225,7 @@ def consume(task: Any, request: Any) -> None:
         return
     copy = str(header.get(COPY) or "")
     try:
-        verdict = delay_store(task.kv).consume(entry, copy)
+        verdict = delay_store_for(task.app).consume(entry, copy)
     except CoordinationUnavailable as exc:
         log.warning("task %s[%s]: could not check deferred entry %s (%s); running it",
                     task.name, request.id, entry, exc)

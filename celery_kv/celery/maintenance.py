@@ -27,7 +27,7 @@ from celery import bootsteps
 
 from ..store import codec
 from ..store.delays import Claimed
-from .delays import delay_store, publish_due
+from .delays import delay_store_for, publish_due
 from .features.base import Feature
 from .install import installed
 
@@ -102,7 +102,7 @@ class Poller:
             except Exception as exc:
                 log.warning("celery-kv maintenance: %s.tick failed: %s",
                             type(feature).__name__, exc)
-        store = delay_store(kv)
+        store = delay_store_for(self.app)
         token = f"{self.name}:{uuid.uuid4().hex[:12]}"
         claimed = store.claim(token, BATCH, self.lease)
         if claimed.entries:

@@ -4,8 +4,10 @@ Why: a broker countdown is an ETA message held in a worker's memory; on the Redi
 SQS brokers one longer than ``visibility_timeout`` is delivered again. Here a deferred
 message waits in Redis instead, and a poller publishes it when it falls due.
 
-Layout, all under one hash tag (``<prefix>:delay:{delay}``), so one script sees it all
-(on Redis Cluster one node carries the whole store):
+Layout, all under one hash tag (``<prefix>:delay:{<namespace>}``), so one script sees it
+all (on Redis Cluster one node carries a namespace's store). The Celery face uses one
+namespace per broker, so a poller only publishes messages into the broker they were
+deferred from:
 
 - ``:due``, a ZSET of entry id -> due time (server ms), or the end of a poller's claim;
 - ``:bodies``, a HASH of entry id -> the message as JSON (``codec``);
@@ -81,14 +83,16 @@ class PendingEntry:
 class DelayStore:
     """Deferred messages in one Redis, published by pollers when they fall due."""
 
-    def __init__(self, store: Store, *, grace: float = DEFAULT_GRACE,
+    def __init__(self, store: Store, namespace: str = "delay", *, grace: float = DEFAULT_GRACE,
                  marker_ttl: float = DEFAULT_MARKER_TTL) -> None:
         if not grace > 0 or not marker_ttl > 0:
             raise ValueError(f"grace={grace!r} and marker_ttl={marker_ttl!r} must be > 0")
         self.store = store
         self.grace_ms = _ms(grace)
         self.marker_ms = _ms(marker_ttl)
-        base = store.keys.key("delay", "delay")
+        if not isinstance(namespace, str) or not namespace:
+            raise ValueError(f"delay store namespace {namespace!r} must be a non-empty string")
+        base = store.keys.key("delay", namespace)
         self.due_key, self.bodies_key, self.claims_key = (
             f"{base}:due", f"{base}:bodies", f"{base}:claims")
         self._base = base

@@ -27,7 +27,7 @@ from celery.exceptions import Ignore
 
 from celery_kv import CoordinationUnavailable, KVTask, install
 from celery_kv.celery import maintenance
-from celery_kv.celery.delays import COPY, ENTRY, delay_store
+from celery_kv.celery.delays import COPY, ENTRY, delay_store_for
 from celery_kv.celery.features.base import Feature
 from celery_kv.store.delays import DelayStore
 from celery_kv.testing import RedisServer, fake_kv, start_server
@@ -74,13 +74,13 @@ def make_app(**conf: Any) -> tuple[Celery, Any, Captured]:
 
 
 def test_all_stores_a_countdown_and_the_poller_publishes_it_as_it_was() -> None:
-    app, kv, captured = make_app()
+    app, _kv, captured = make_app()
     value = {"__type__": "x", "a:b": ["a", "b"], "u": "ünï ✓"}
     result = app.tasks["u.all"].apply_async((value,), countdown=0.05, queue="q1", priority=3,
                                             headers={"mine": "kept"},
                                             link=app.tasks["u.off"].s(), expires=60)
     assert captured.sent == []
-    store = delay_store(kv)
+    store = delay_store_for(app)
     total, [entry] = store.pending()
     assert total == 1 and entry.due_in <= 0.05
     poller = maintenance.Poller(app, "unit")
@@ -98,9 +98,44 @@ def test_all_stores_a_countdown_and_the_poller_publishes_it_as_it_was() -> None:
     assert store.count() == 0
 
 
+def echo(x: Any) -> Any:
+    return x
+
+
+def test_apps_on_other_brokers_never_publish_each_others_deferrals() -> None:
+    """Two apps share the coordination Redis and prefix but not the broker: a poller only
+    claims what its own app deferred (the store's namespace is a digest of the broker URL,
+    unless kv_delay_namespace names one)."""
+    kv = fake_kv("du" + uuid.uuid4().hex[:6])
+    apps = []
+    for broker in ("memory://one", "memory://two"):
+        app = Celery("delay-ns", broker=broker, backend="cache+memory://", set_as_current=False)
+        app.conf.update(task_serializer="json", accept_content=["json"])
+        install(app, kv)
+        app.task(base=KVTask, shared=False, name="u.all", delay_store="all")(echo)
+        apps.append((app, Captured(app)))
+    (one, sent_one), (two, sent_two) = apps
+    assert delay_store_for(one).due_key != delay_store_for(two).due_key
+    one.tasks["u.all"].apply_async((1,), countdown=0.01)
+    wait_for(lambda: delay_store_for(one).pending()[1][0].due_in <= 0, 2, "the entry due")
+    maintenance.Poller(two, "other").poll_once()
+    assert sent_two.sent == [] and delay_store_for(one).count() == 1
+    wait_for(lambda: maintenance.Poller(one, "own").poll_once() is not None and sent_one.sent, 2,
+             "its own app's poller to publish it")
+    assert len(sent_one.sent) == 1 and sent_two.sent == []
+    shared = Celery("delay-ns", broker="memory://three", set_as_current=False)
+    shared.conf.kv_delay_namespace = "payments"
+    install(shared, kv)
+    assert delay_store_for(shared).due_key.endswith("{payments}:due")
+    with pytest.raises(ValueError, match="kv_delay_namespace=''"):
+        bad = Celery("delay-ns", broker="memory://", set_as_current=False)
+        bad.conf.kv_delay_namespace = ""
+        install(bad, kv)
+
+
 def test_what_goes_through_the_store() -> None:
-    app, kv, captured = make_app()
-    store = delay_store(kv)
+    app, _kv, captured = make_app()
+    store = delay_store_for(app)
     app.tasks["u.default"].apply_async((1,), countdown=5)  # not a deferral: broker countdown
     app.tasks["u.off"].apply_async((1,), countdown=5)
     app.tasks["u.all"].apply_async((1,))  # no delay: straight out
@@ -120,9 +155,9 @@ def test_a_fresh_publish_never_carries_an_old_entry() -> None:
 
 
 def test_eager_runs_are_unchanged() -> None:
-    app, kv, captured = make_app(task_always_eager=True)
+    app, _kv, captured = make_app(task_always_eager=True)
     assert app.tasks["u.all"].apply_async((7,), countdown=30).get() == 7
-    assert captured.sent == [] and delay_store(kv).count() == 0
+    assert captured.sent == [] and delay_store_for(app).count() == 0
 
 
 def test_an_unreachable_store_falls_back_to_a_broker_countdown(
@@ -160,9 +195,9 @@ def test_bad_settings_fail_at_install(setting: str, value: Any) -> None:
 
 
 def test_a_second_copy_ends_without_running() -> None:
-    app, kv, captured = make_app()
+    app, _kv, captured = make_app()
     app.tasks["u.all"].apply_async((1,), countdown=0.01)
-    entry = delay_store(kv).pending()[1][0].entry_id
+    entry = delay_store_for(app).pending()[1][0].entry_id
     time.sleep(0.02)  # not a condition: the entry must simply be due
     poller = maintenance.Poller(app, "unit")
     poller.poll_once()
@@ -226,9 +261,9 @@ def test_the_bootstep_runs_in_start_worker() -> None:
 
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         record.apply_async((1,), countdown=0.2)
-        assert delay_store(kv).count() == 1
+        assert delay_store_for(app).count() == 1
         wait_for(lambda: ran, 10, "the deferred task to run")
-    assert ran == [1] and delay_store(kv).count() == 0
+    assert ran == [1] and delay_store_for(app).count() == 0
 
 
 # -- real workers -----------------------------------------------------------------------
@@ -314,8 +349,7 @@ def settled(app: Celery, fx: redis.Redis, tag: str, runs: int, watch: float = 3.
     """Nothing is left in the store, and ``watch`` seconds later still exactly ``runs`` runs
     (a second copy would have run by then: the claim lease is 2 s; a broker redelivery
     needs the 5 s visibility timeout)."""
-    kv = app.tasks["t.delay_all"].kv
-    wait_for(lambda: delay_store(kv).count() == 0, 10, "the store to empty")
+    wait_for(lambda: delay_store_for(app).count() == 0, 10, "the store to empty")
     deadline = time.monotonic() + watch
     while time.monotonic() < deadline:
         assert count(fx, tag) == runs
@@ -362,7 +396,7 @@ def test_a_worker_killed_between_claim_and_ack_loses_nothing(env: Env, fx: redis
     fx.set(STALL, "1")
     app = env.app()
     ids = [app.tasks["t.delay_all"].apply_async((tag, i), countdown=0.2).id for i in range(3)]
-    store = delay_store(app.tasks["t.delay_all"].kv)
+    store = delay_store_for(app)
     wait_for(lambda: all(e.due_in <= 0 for e in store.pending()[1]), 5, "all to fall due")
     doomed = DelayWorker(env)  # its first claim takes all three
     try:
@@ -397,7 +431,7 @@ def test_a_redis_restart_with_persistence_loses_nothing(
         ids = [app.tasks["t.delay_all"].apply_async((tag, i), countdown=2).id
                for i in range(4)]
         ids.append(app.tasks["t.delay_retry"].apply_async((tag, 1.5)).id)
-        store = delay_store(app.tasks["t.delay_all"].kv)
+        store = delay_store_for(app)
         wait_for(lambda: store.count() == 5, 10, "the retry to be deferred into the store")
         kv_server.stop()
         time.sleep(3.0)  # the outage itself: entries fall due while Redis is gone

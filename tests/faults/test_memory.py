@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from celery_kv import CoordinationFull
-from celery_kv.celery.delays import delay_store
+from celery_kv.celery.delays import delay_store_for
 from celery_kv.celery.install import installed
 from celery_kv.celery.keys import short_key
 from celery_kv.testing import RedisServer
@@ -177,7 +177,7 @@ def test_allkeys_lru_eviction(scenario: Callable[..., Scenario], coordination: R
     assert not unexplained, f"ran twice though its record was not evicted: {unexplained}"
     assert not forgotten, f"answered by an older run though no burst was evicted: {forgotten}"
     # deferrals waiting in the delay store are lost with it, if it was evicted
-    store = delay_store(kv)
+    store = delay_store_for(s.app)
     evicted_store = {store.due_key, store.bodies_key} & set(ours)
     stored = s.stored_before(now(s.ledger)) if evicted_store else set()
     lost = [d for d in f.lost_detail if not any(i in d for i in stored)]
