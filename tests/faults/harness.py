@@ -352,11 +352,25 @@ class Scenario:
                 sent.state = state
         return [s for s in pending if s.state not in READY_STATES]
 
-    def settle(self, phase: str = "main", timeout: float = SETTLE_TIMEOUT) -> None:
+    def settle(self, phase: str = "main", timeout: float = SETTLE_TIMEOUT,
+               may_be_lost: Callable[[], set[str]] | None = None, quiet: float = 15.0) -> None:
         """Wait until every result of ``phase`` is final (or ``timeout``: what is left is
-        lost)."""
+        lost). With ``may_be_lost`` (task ids a fault may lose: deferrals and waiters kept
+        in the coordination Redis when it lost its data), stop as soon as only such ids are
+        open and no result became final for ``quiet`` seconds: waiting out the timeout
+        would change nothing the checks assert."""
         deadline = time.monotonic() + timeout
-        while self.poll(phase) and time.monotonic() < deadline:
+        open_ids: set[str] = set()
+        changed = time.monotonic()
+        while time.monotonic() < deadline:
+            now_open = {str(s.result.id) for s in self.poll(phase) if s.result is not None}
+            if not now_open:
+                return
+            if now_open != open_ids:
+                open_ids, changed = now_open, time.monotonic()
+            elif (may_be_lost is not None and time.monotonic() - changed > quiet
+                  and open_ids <= may_be_lost()):
+                return
             time.sleep(0.2)
 
     def succeeded_units(self) -> set[str]:

@@ -21,6 +21,7 @@ from celery import Celery
 
 from celery_kv import CachedTask, IdempotentTask, KVTask
 from celery_kv.celery import delays
+from celery_kv.celery.features import concurrency
 from tests.celery.apps import effects, now
 
 #: the limits the checks hold the ledger to
@@ -36,15 +37,17 @@ def ledger_key(tag: str, kind: str) -> str:
     return f"ledger:{tag}:{kind}"
 
 
-#: task ids deferred into the delay store, with the ledger's time (``journal_deferrals``)
+#: task ids deferred into the delay store or parked as concurrency waiters, with the
+#: ledger's time (``journal_deferrals``)
 DEFERRED = "ledger:deferred"
 _journalled: set[str] = set()
 
 
 def journal_deferrals(ledger_url: str) -> None:
-    """Journal every deferral this process puts into the delay store: an empty restart or
-    eviction of the coordination Redis loses those still waiting there (the README's
-    "breaks when"), and the checks tell such a loss from a bug by this journal."""
+    """Journal every deferral this process puts into the delay store, and every run it
+    parks as a concurrency waiter: an empty restart or eviction of the coordination Redis
+    loses those still waiting there (the README's "breaks when"), and the checks tell such
+    a loss from a bug by this journal."""
     if ledger_url in _journalled:
         return
     _journalled.add(ledger_url)
@@ -55,6 +58,7 @@ def journal_deferrals(ledger_url: str) -> None:
             ledger.rpush(DEFERRED, json.dumps({"id": task_id, "at": now(ledger)}))
 
     delays.after_store.append(journal)
+    concurrency.after_park.append(lambda task, task_id: journal(task, task_id, ""))
 
 
 def register(app: Celery, ledger_url: str) -> None:

@@ -48,6 +48,10 @@ TICKET = "concurrency_ticket"  # header field: the grant a parked message was pu
 #: test hooks, called with the granted messages a final outcome is about to publish (a
 #: test stalls here to kill the worker that should publish a grant)
 before_publish: list[Callable[[list[Any]], None]] = []
+#: hooks called with (task, task id) after a run was parked: the fault suite journals them,
+#: to tell a waiter lost with the coordination Redis's data (an empty restart, eviction)
+#: from a bug
+after_park: list[Callable[[Any, str], None]] = []
 
 
 class Concurrency(Feature):
@@ -143,6 +147,11 @@ class Concurrency(Feature):
             return Wait(LockNotAcquired(f"concurrency:{key}", None, self.task_name),
                         hint=ms / 1000.0 if ms >= 0 else None)
         publish(run.task.app, reply[3:])
+        for hook in after_park:
+            try:
+                hook(run.task, run.task_id)
+            except Exception as exc:  # a hook never breaks a park
+                log.warning("celery-kv: an after_park hook failed: %s", exc)
         return Drop(f"parked as waiter {int(reply[2])} of concurrency key {key!r}")
 
     def renew(self, run: Run) -> Step:
