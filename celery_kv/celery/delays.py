@@ -202,6 +202,14 @@ def publish_due(app: Any, body: dict[str, Any], copy: str) -> None:
     headers = dict(as_mapping(options.get("headers")))
     headers[HEADER] = {**as_mapping(headers.get(HEADER)), COPY: copy}
     options["headers"] = headers
+    publish_as_is(app, body)
+
+
+def publish_as_is(app: Any, body: dict[str, Any]) -> None:
+    """Publish a message celery-kv kept for later (a due deferral, a concurrency waiter
+    whose turn came) straight to the broker: the claims of its task id were taken when it
+    was first sent, so the enqueue guard must not take it for a new call (a duplicate of
+    its own idempotency key, say) and swallow it; nor is it routed to the store again."""
     token = _publishing.set(True)
     try:
         app.signature(body).apply_async()

@@ -118,3 +118,38 @@ def test_waiters_full_survives_the_json_round_trip() -> None:
     rebuilt = type(error)(*error.args)
     assert str(rebuilt) == str(error)
     assert "proj.pool" in str(error) and "'tenant-a'" in str(error) and "50" in str(error)
+
+
+def test_a_granted_waiter_is_published_as_it_was_parked() -> None:
+    """A waiter's message goes out as it was parked, never through the enqueue guard:
+    there it would be taken for a new call, a duplicate of its own idempotency key held
+    by another task id (a run cut off half-way), and swallowed; its grant would then
+    lapse and be granted again forever, starving every waiter behind it (the SIGKILL
+    fault scenario lost 60 calls so)."""
+    from celery_kv.celery.features import concurrency
+    from celery_kv.store import codec
+
+    made = Celery("fair-publish", broker="memory://", backend="cache+memory://",
+                  set_as_current=False)
+    made.conf.update(task_serializer="json", accept_content=["json"])
+    install(made, kv=fake_kv())
+
+    @made.task(base=KVTask, shared=False, name="fp.charge", idempotent=True,
+               idempotency_key="{order}", concurrency_limit=1)
+    def charge(order: int) -> int:
+        return order
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def capture(producer: Any, name: str, message: Any, **options: Any) -> None:
+        headers = {**message.headers, **(options.get("headers") or {})}
+        sent.append((headers["id"], dict(headers.get("celery_kv") or {})))
+
+    made.amqp.send_task_message = capture
+    holder = charge.apply_async((7,))  # holds idempotency key 7 (as a cut-off run would)
+    header = {"idempotency_key": "7", "attempt": 0, "concurrency_ticket": "t1"}
+    parked = dict(charge.signature((7,), {}, {"task_id": "parked-waiter",
+                                              "headers": {"celery_kv": header}}))
+    concurrency.publish(made, [codec.dumps(parked, what="test")])
+    assert [task_id for task_id, _ in sent] == [holder.id, "parked-waiter"]
+    assert sent[1][1] == header, "the granted message was rewritten on its way out"

@@ -28,6 +28,7 @@ from ...primitives._arguments import text, to_ms
 from ...primitives.fair_pool import FairPool, key_id
 from ...store import Step, codec
 from ..context import HEADER, Context, Run
+from ..delays import publish_as_is
 from ..keys import KeySpec, as_mapping
 from ..options import Option, TaskDefinition, key_spec, positive_int
 from .base import Drop, Feature, Outcome, Wait
@@ -192,7 +193,7 @@ def publish(app: Any, messages: Iterable[Any]) -> None:
     the waiter is granted again."""
     for raw in messages:
         try:
-            app.signature(codec.loads(text(raw))).apply_async()
+            publish_as_is(app, codec.loads(text(raw)))
         except Exception as exc:
             log.warning("celery-kv: could not publish a granted waiter's message (its grant "
                         "lapses and it is granted again): %s", exc)
