@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -428,3 +431,32 @@ def hook_worker(app: Celery, node: str, fx_url: str) -> None:
     @worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
         fx.set(f"ready:{node}", os.getpid())
+
+
+def _watch(parent: int) -> None:
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def worker_from_environment(make: Callable[..., Celery], name: str) -> Celery:
+    """The app of a ``celery worker`` this test session started: ``make``'s app,
+    configured from the CKV_* variables, with a watchdog thread that kills the worker's
+    process group when the session is gone (a killed pytest never leaves workers behind)."""
+    if os.environ.get("CKV_PARENT_PID"):
+        threading.Thread(target=_watch, args=(int(os.environ["CKV_PARENT_PID"]),),
+                         daemon=True, name="ckv-watchdog").start()
+    made = make(
+        name,
+        broker=os.environ["CKV_BROKER"],
+        backend=os.environ["CKV_BACKEND"],
+        kv_url=os.environ["CKV_KV"],
+        prefix=os.environ["CKV_PREFIX"],
+        fx_url=os.environ["CKV_FX"],
+        **json.loads(os.environ.get("CKV_CONF", "{}")),
+    )
+    hook_worker(made, os.environ["CKV_NODE"], os.environ["CKV_FX"])
+    return made

@@ -62,13 +62,14 @@ class Worker:
     """One ``celery worker`` process group that this test session started."""
 
     def __init__(self, env: Env, concurrency: int = 2, queues: str | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None,
+                 app_module: str = "tests.celery.worker_app") -> None:
         self.env = env
         self.node = f"w{uuid.uuid4().hex[:8]}"
         fd, self.log_path = tempfile.mkstemp(prefix=f"ckv-{self.node}-", suffix=".log")
         self.log = os.fdopen(fd, "wb")
         cmd = [
-            sys.executable, "-m", "celery", "-A", "tests.celery.worker_app", "worker",
+            sys.executable, "-m", "celery", "-A", app_module, "worker",
             "-P", "prefork", "-c", str(concurrency), "--without-gossip", "--without-mingle",
             "--without-heartbeat", "-l", "info", "-n", f"{self.node}@%h",
         ]
@@ -106,6 +107,19 @@ class Worker:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         self.log.close()
+
+
+@contextlib.contextmanager
+def workers_on(env: Env, queue: str, count: int = 2) -> Iterator[list[Worker]]:
+    """``count`` worker processes (prefork -c 2 each) consuming their own queue."""
+    workers: list[Worker] = []
+    try:
+        for _ in range(count):
+            workers.append(Worker(env, queues=queue))
+        yield workers
+    finally:
+        for started in workers:
+            started.stop()
 
 
 @pytest.fixture(scope="module")

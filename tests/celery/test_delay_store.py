@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +28,7 @@ from celery_kv.celery.delays import COPY, ENTRY, delay_store_for
 from celery_kv.celery.features.base import Feature
 from celery_kv.store.delays import DelayStore
 from celery_kv.testing import RedisServer, fake_kv, start_server
-from tests.celery.conftest import ROOT, Env, Worker, count, events
+from tests.celery.conftest import Env, Worker, count, events
 from tests.celery.delay_apps import STALL, STALLED, make_delay_app
 from tests.conftest import wait_for
 from tests.proxy import CuttableProxy
@@ -278,25 +275,7 @@ class DelayWorker(Worker):
     """A ``Worker`` of ``tests.celery.delay_worker_app`` (prefork, -c 2)."""
 
     def __init__(self, env: Env) -> None:
-        self.env = env
-        self.node = f"d{uuid.uuid4().hex[:8]}"
-        fd, self.log_path = tempfile.mkstemp(prefix=f"ckv-{self.node}-", suffix=".log")
-        self.log = os.fdopen(fd, "wb")
-        cmd = [sys.executable, "-m", "celery", "-A", "tests.celery.delay_worker_app", "worker",
-               "-P", "prefork", "-c", "2", "--without-gossip", "--without-mingle",
-               "--without-heartbeat", "-l", "info", "-n", f"{self.node}@%h"]
-        self.process = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env.variables(self.node)},
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        fx = redis.Redis.from_url(env.fx, decode_responses=True)
-        try:
-            wait_for(lambda: fx.get(f"ready:{self.node}") or self.process.poll() is not None,
-                     60, f"worker {self.node} to be ready")
-        except AssertionError:
-            self.stop()
-            raise
-        if self.process.poll() is not None:
-            raise RuntimeError(f"worker {self.node} exited:\n{self.log_text()}")
+        super().__init__(env, app_module="tests.celery.delay_worker_app")
 
 
 VISIBILITY = {"broker_transport_options": {"visibility_timeout": 5}, "kv_delay_lease": 2.0,

@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 
 from celery_kv import RateLimitExceeded
-from tests.celery.conftest import Env, Worker, count, events
+from tests.celery.conftest import Env, Worker, count, events, workers_on
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
@@ -21,14 +21,8 @@ QUEUE = "rl2"
 @pytest.fixture(scope="module")
 def two_workers(celery_env: Env) -> Iterator[list[Worker]]:
     """Two worker processes, prefork -c 2 each, consuming their own queue."""
-    workers = []
-    try:
-        workers.append(Worker(celery_env, queues=QUEUE))
-        workers.append(Worker(celery_env, queues=QUEUE))
+    with workers_on(celery_env, QUEUE) as workers:
         yield workers
-    finally:
-        for started in workers:
-            started.stop()
 
 
 def max_overlap(intervals: list[dict[str, Any]]) -> int:

@@ -17,7 +17,7 @@ from celery import Celery
 
 from celery_kv import RateLimitExceeded
 from celery_kv.celery import limits
-from tests.celery.conftest import Env, Worker, events
+from tests.celery.conftest import Env, Worker, events, workers_on
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
@@ -27,14 +27,9 @@ QUEUE = "rlr2"
 
 @pytest.fixture(scope="module")
 def two_workers(celery_env: Env) -> Iterator[list[Worker]]:
-    workers = []
-    try:
-        workers.append(Worker(celery_env, queues=QUEUE))
-        workers.append(Worker(celery_env, queues=QUEUE))
+    """Two worker processes, prefork -c 2 each, consuming their own queue."""
+    with workers_on(celery_env, QUEUE) as workers:
         yield workers
-    finally:
-        for started in workers:
-            started.stop()
 
 
 def server_now(fx: redis.Redis) -> float:
