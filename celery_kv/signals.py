@@ -22,7 +22,13 @@ Arguments each signal sends (besides ``sender``):
   far, this one included), ``due_in`` (seconds until the burst runs);
 - ``task_superseded``: ``task_id`` (the newer holder), ``key``, ``superseded`` (the
   task id that held the key and is told to stop);
-- ``task_replaced``: ``task_id`` (the queued id whose message was replaced), ``key``.
+- ``task_replaced``: ``task_id`` (the queued id whose message was replaced), ``key``;
+- ``task_admitted``: ``task_id``, ``keys`` (``{feature: key}``): every feature let the
+  run start, and its body runs next (sent only when a receiver is connected).
+
+A duplicate's result at ``apply_async`` (the holder's ``AsyncResult``, or a
+``ReplayedResult``) carries ``kv_call_id``: the id this call would have had, which is the
+``task_id`` of its ``task_deduplicated``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ cache_miss = Signal(name="cache_miss")
 task_debounced = Signal(name="task_debounced")
 task_superseded = Signal(name="task_superseded")
 task_replaced = Signal(name="task_replaced")
+task_admitted = Signal(name="task_admitted")
 
 
 def emit(signal: Any, sender: Any, **named: Any) -> None:
@@ -62,6 +69,7 @@ __all__ = [
     "emit",
     "lock_contended",
     "lock_lost",
+    "task_admitted",
     "task_debounced",
     "task_deduplicated",
     "task_rate_limited",

@@ -116,15 +116,16 @@ def apply_async(task: Any, publish: Publish, args: Any, kwargs: Any, task_id: st
     options = with_header(options, ctx.fill_header())
     # A caller or a canvas holds this call's own id: it must not be folded into another's.
     ctx.state["id_held"] = explicit_id or carries_callbacks(options)
-    if not policy.claims_at_enqueue or task.app.conf.task_always_eager:
+    if not policy.enqueue_claimers(bool(task.app.conf.task_always_eager)):
         return publish(ctx.task_id, options)  # the execution guard decides
     return _claim_and_publish(ctx, publish, options, explicit_id)
 
 
 def _claim_and_publish(ctx: Enqueue, publish: Publish, options: dict[str, Any],
                        explicit_id: bool) -> Any:
+    """Claim the keys (eagerly: those an eager run keeps the rules of), publish, confirm."""
     policy = ctx.policy
-    features = [f for f in policy.features if f.claims_at_enqueue]
+    features = policy.enqueue_claimers(bool(ctx.task.app.conf.task_always_eager))
     steps = [f.claim(ctx) for f in features]
     claimed = [(f, s) for f, s in zip(features, steps, strict=True) if s is not None]
     store = ctx.kv.store
@@ -202,14 +203,17 @@ def _duplicate(ctx: Enqueue, publish: Publish, duplicate: Duplicate, options: di
         raise duplicate.refuse
     log.info("task %s: duplicate of %s (%s key %r)", policy.name, duplicate.holder,
              duplicate.feature, duplicate.key)
-    if duplicate.completed:
-        if duplicate.error:
-            error = TypeError(f"task {policy.name!r}: key {duplicate.key!r} ran in "
-                              f"{duplicate.holder} but its outcome is an error: "
-                              f"{duplicate.error}")
-            return ReplayedResult(duplicate.holder, error, "FAILURE", name=policy.name)
-        return ReplayedResult(duplicate.holder, duplicate.result, "SUCCESS", name=policy.name)
-    return ctx.task.AsyncResult(duplicate.holder)
+    result: Any
+    if duplicate.completed and duplicate.error:
+        error = TypeError(f"task {policy.name!r}: key {duplicate.key!r} ran in "
+                          f"{duplicate.holder} but its outcome is an error: {duplicate.error}")
+        result = ReplayedResult(duplicate.holder, error, "FAILURE", name=policy.name)
+    elif duplicate.completed:
+        result = ReplayedResult(duplicate.holder, duplicate.result, "SUCCESS", name=policy.name)
+    else:
+        result = ctx.task.AsyncResult(duplicate.holder)
+    result.kv_call_id = ctx.task_id  # the id this call would have had (its signal's task_id)
+    return result
 
 
 def _verdict(reply: Any) -> str:

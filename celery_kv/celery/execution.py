@@ -79,6 +79,9 @@ class Execution:
         try:
             body, value = self.start()
             if body:
+                if signals.task_admitted.receivers:
+                    signals.emit(signals.task_admitted, run.task, task_id=run.task_id,
+                                 keys=self.keys())
                 began = time.perf_counter()
                 value = run.task.run(*run.args, **run.kwargs)
                 run.elapsed = time.perf_counter() - began
@@ -107,12 +110,16 @@ class Execution:
             raise TypeError(outcome.error)
         return value
 
+    def keys(self) -> dict[str, str]:
+        """``{feature: key}`` of this run (what signals and error messages name)."""
+        return {what: str(key) for f in self.policy.features
+                for what, key in f.describe(self.run).items()}
+
     def outcome(self, value: Any) -> Outcome:
         """A successful outcome, with the result's JSON when a feature stores it."""
         if not any(f.stores_result for f in self.policy.features):
             return Outcome(True, value)
-        keys = ", ".join(f"{what} key {key!r}" for f in self.policy.features
-                         for what, key in f.describe(self.run).items())
+        keys = ", ".join(f"{what} key {key!r}" for what, key in self.keys().items())
         try:
             raw = codec.dumps(value, what=f"result of task {self.policy.name!r} ({keys})")
         except TypeError as exc:

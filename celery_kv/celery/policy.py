@@ -39,9 +39,11 @@ class TaskPolicy:
     def coordinated(self) -> bool:
         return bool(self.features)
 
-    @property
-    def claims_at_enqueue(self) -> bool:
-        return any(f.claims_at_enqueue for f in self.features)
+    def enqueue_claimers(self, eager: bool) -> list[Feature]:
+        """The features that claim keys at ``apply_async``; run eagerly, those whose
+        claim does not wait for a later message (``Feature.claims_when_eager``)."""
+        return [f for f in self.features
+                if f.claims_at_enqueue and (f.claims_when_eager or not eager)]
 
     @property
     def marks_completion(self) -> bool:

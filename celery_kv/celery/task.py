@@ -35,9 +35,11 @@ How a call goes: ``apply_async`` claims the keys for the new task id (see ``enqu
 the worker checks every key again around the body (see ``execution``), so
 ``send_task``, beat and broker redeliveries are held to the same rules, and so are
 ``apply()`` and eager mode. Calling the task object directly (``task(1, 2)``) is a plain
-function call and runs the body uncoordinated, as in Celery. Run eagerly, a run that
-would have to wait raises its reason instead (``LockNotAcquired``,
-``RateLimitExceeded``, ``IdempotencyInProgress``).
+function call and runs the body uncoordinated, as in Celery. Eager calls keep the enqueue
+claims too (a duplicate gets the holder's result at ``apply_async``), except a debounce's,
+which waits for a timer message an eager run never sends. Run eagerly, a run that would
+have to wait raises its reason instead (``LockNotAcquired``, ``RateLimitExceeded``,
+``IdempotencyInProgress``).
 """
 
 from __future__ import annotations

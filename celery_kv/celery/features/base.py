@@ -116,6 +116,9 @@ class Feature:
     lease: float | None = None
     #: True when the feature claims keys at ``apply_async``
     claims_at_enqueue: bool = False
+    #: False when its enqueue claim expects a later message (a debounce timer), which an
+    #: eager run, run at once, never sends: run eagerly, its execution guard alone decides
+    claims_when_eager: ClassVar[bool] = True
     #: the longest single deferral this feature asks for, in seconds
     max_defer: float = 0.0
     #: a run this feature learns was superseded (its renew step answers 'superseded') is

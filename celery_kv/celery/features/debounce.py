@@ -65,6 +65,7 @@ class Debounce(Feature):
     options = (DEBOUNCE, KEY, MAX_WAIT, EDGE)
     header_fields = ("debounce_key", "burst_msg", "follow_for")
     claims_at_enqueue = True
+    claims_when_eager = False
 
     def __init__(self, task: TaskDefinition, latest: bool) -> None:
         self.task_name = task.name

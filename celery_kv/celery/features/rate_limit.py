@@ -231,6 +231,10 @@ class RateLimitFeature(Feature):
         return [spec.key.render(ctx.call) if spec.key is not None else ""
                 for spec in self.specs]
 
+    def describe(self, ctx: Context) -> dict[str, Any]:
+        """The first limit's identity: the key its signals name ("" for a task-wide one)."""
+        return {"rate_limit": self.identities(ctx)[0]}
+
     def _pairs(self, ctx: Context) -> list[tuple[RateLimit, str]]:
         return list(zip(self.limits(ctx.kv), self.identities(ctx), strict=True))
 
