@@ -17,20 +17,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from celery import Celery
 
 from celery_kv import KV
+from celery_kv.testing.workers import worker_process
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,39 +74,6 @@ if os.environ.get("EXAMPLE_PARENT_PID") == str(os.getppid()):  # we are an examp
 @contextlib.contextmanager
 def worker(app: Celery, module: str, concurrency: int = 2) -> Iterator[str]:
     """Run ``celery -A <module> worker`` (prefork) until the block ends; yields its node name."""
-    node = f"{app.conf.task_default_queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-    cmd = [sys.executable, "-m", "celery", "-A", module, "worker", "-P", "prefork",
-           "-c", str(concurrency), "-Q", app.conf.task_default_queue, "-n", node,
-           "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
-    env = {**os.environ, "EXAMPLE_PARENT_PID": str(os.getpid()),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    with tempfile.TemporaryFile() as log:  # nameless: nothing is left behind, even on SIGKILL
-        # A session of its own: a Ctrl-C reaches only us, and we stop the worker in order.
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            _wait_ready(app, node, proc, log)
-            yield node
-        finally:
-            _stop(proc)
-
-
-def _wait_ready(app: Celery, node: str, proc: subprocess.Popen[bytes], log: IO[bytes],
-                timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not app.control.ping(destination=[node], timeout=0.3):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            tail = log.read().decode(errors="replace")[-3000:]
-            raise RuntimeError(f"worker {node} did not start:\n{tail}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown (SIGTERM), then SIGKILL whatever of its process group is left."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with worker_process(app, module, concurrency=concurrency, cwd=str(ROOT),
+                        env={"EXAMPLE_PARENT_PID": str(os.getpid())}) as node:
+        yield node

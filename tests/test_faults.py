@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from celery_kv import KV, CoordinationUnavailable
-from celery_kv.testing import RedisServer, _binary, free_port, start_server
+from celery_kv.testing import RedisServer, free_port, start_server
+from celery_kv.testing.servers import _binary
 
 from .proxy import CuttableProxy
 

@@ -17,11 +17,18 @@ process) releases the keys of a revoked task id: its queued claims, and a run's 
 when the revoke terminated it (a revoke without terminate lets the body run on, and it
 releases its keys itself at its end). A worker bootstep (``maintenance``) publishes the
 delay store's due messages from the worker's main process.
+
+Two environment variables serve test harnesses (``celery_kv.testing``):
+``CELERY_KV_TEST_CONF`` (JSON settings applied to each app before its settings are read:
+a worker subprocess gets the test's Redis and prefix) and ``CELERY_KV_EVENTS_JOURNAL``
+(a Redis list this process appends each coordination decision to, for ``KVEvents``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import threading
 from typing import Any
@@ -31,6 +38,7 @@ from celery.app import utils as app_utils
 
 from ..kv import KV
 from ..store.urls import MaskedURL
+from ..testing.events import journal_from_environment
 from .config import Settings
 
 log = logging.getLogger("celery_kv.celery")
@@ -58,8 +66,11 @@ class Installed:
                     self._kv = self._build()
         return self._kv
 
-    def use(self, kv: KV) -> None:
-        self._kv = kv
+    def use(self, kv: KV | None) -> KV | None:
+        """Use ``kv`` from now on (None: build one from the settings on next use); returns
+        the one used until now, or None (a test fixture puts it back afterwards)."""
+        previous, self._kv = self._kv, kv
+        return previous
 
     def _build(self) -> KV:
         url = self.settings.coordination_url(self.app.conf.broker_url)
@@ -114,11 +125,31 @@ def installed(app: Any) -> Installed:
         with _lock:
             state = app.__dict__.get(_ATTR)
             if state is None:
+                _test_conf(app)
                 state = Installed(app)
                 setattr(app, _ATTR, state)
                 _apps.append(app)
                 _connect_hooks()
+                journal_from_environment(lambda: installed(app).kv)
     return state  # type: ignore[no-any-return]
+
+
+#: Settings a test harness hands a worker subprocess (``celery_kv.testing.workers``): JSON
+#: of Celery settings applied to every app this process installs, before it is read.
+TEST_CONF_ENV = "CELERY_KV_TEST_CONF"
+
+
+def _test_conf(app: Any) -> None:
+    raw = os.environ.get(TEST_CONF_ENV)
+    if not raw:
+        return
+    try:
+        conf = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"${TEST_CONF_ENV} is not JSON: {raw[:200]!r}") from None
+    if not isinstance(conf, dict):
+        raise ValueError(f"${TEST_CONF_ENV} must be a JSON object of settings, not {raw[:200]!r}")
+    app.conf.update(conf)
 
 
 def install(app: Any, kv: KV | None = None) -> KV:

@@ -17,7 +17,8 @@ import pytest
 import redis
 from redis.sentinel import Sentinel
 
-from celery_kv.testing import RedisServer, _binary, free_port, start_server
+from celery_kv.testing import RedisServer, free_port, start_server
+from celery_kv.testing.servers import _binary
 from tests.conftest import wait_for
 from tests.faults.harness import Scenario, plan
 

