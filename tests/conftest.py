@@ -41,6 +41,19 @@ def pytest_configure(config: pytest.Config) -> None:
                    "(Redis 6.2, Redis 7.x, Valkey 8; scripts/bootstrap installs them)")
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``docker`` test needs a Docker engine: without one it is skipped, saying why."""
+    if item.get_closest_marker("docker") is None:
+        return
+    try:
+        from celery_kv.testing.containers import docker_engine_missing
+    except ImportError as exc:
+        pytest.skip(f"needs pytest-celery (pip install celery-kv[containers]): {exc}")
+    missing = docker_engine_missing()
+    if missing:
+        pytest.skip(f"needs a Docker engine: {missing}")
+
+
 class FlavourServers:
     """The matrix's servers, one per flavour, started on first use and kept for the session.
 
