@@ -12,7 +12,10 @@ loop it:
 3. sleeps until the next entry falls due, capped by ``kv_delay_poll_interval``.
 
 A Redis outage is logged and backed off (doubling up to 5 s); it never stops the thread
-or the worker. On shutdown the thread is told to stop and joined.
+or the worker. On shutdown the thread is told to stop and joined for at most
+``SHUTDOWN_GRACE``: a pass stuck retrying an unreachable Redis must not hold the worker's
+warm shutdown, and leaving it is safe (the thread is a daemon; an entry it claimed and
+did not ack is published again after its lease, and a second copy ends unrun).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ log = logging.getLogger("celery_kv.celery")
 BATCH = 100
 #: the longest back-off after failures (seconds)
 MAX_BACKOFF = 5.0
+#: how long a worker's shutdown waits for the thread's current pass (seconds)
+SHUTDOWN_GRACE = 2.0
 #: test hooks, called after each claim, before its entries are published (a test stalls
 #: here to show that a poller killed between claim and ack loses nothing)
 before_publish: list[Callable[[Claimed], None]] = []
@@ -71,7 +76,7 @@ class Poller:
                                         daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = SHUTDOWN_GRACE) -> None:
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():

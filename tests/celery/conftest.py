@@ -76,6 +76,7 @@ class Worker:
         if queues:
             cmd += ["-Q", queues]
         cmd += extra or []
+        self.warm_exit: bool | None = None  # None: not stopped by stop() (or already gone)
         self.process = subprocess.Popen(
             cmd, cwd=ROOT, env={**os.environ, **env.variables(self.node)},
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -98,10 +99,13 @@ class Worker:
         return Path(self.log_path).read_text(errors="replace")
 
     def stop(self) -> None:
+        """SIGTERM (a warm shutdown), and SIGKILL for whatever is left after 8 s;
+        ``warm_exit`` says whether the worker exited by itself."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=8)
+            self.warm_exit = self.process.poll() is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)  # the pool children, if any are left
         with contextlib.suppress(subprocess.TimeoutExpired):
