@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,20 +57,9 @@ def start_fresh(kv: KV) -> None:
     purge_prefix(kv)
 
 
-def _watch_parent(parent: int) -> None:
-    """In the worker: stop when the example that started it is gone (even SIGKILLed)."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os.killpg(os.getpgrp(), signal.SIGKILL)
-
-
-if os.environ.get("EXAMPLE_PARENT_PID") == str(os.getppid()):  # we are an example's worker
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-
-
 @contextlib.contextmanager
 def worker(app: Celery, module: str, concurrency: int = 2) -> Iterator[str]:
     """Run ``celery -A <module> worker`` (prefork) until the block ends; yields its node name."""
-    with worker_process(app, module, concurrency=concurrency, cwd=str(ROOT),
-                        env={"EXAMPLE_PARENT_PID": str(os.getpid())}) as node:
+    # the worker stops by itself if this example is killed (CELERY_KV_PARENT_PID)
+    with worker_process(app, module, concurrency=concurrency, cwd=str(ROOT)) as node:
         yield node

@@ -58,7 +58,7 @@ def env_for(url: str) -> dict[str, str]:
 
 def workers_started_by(pid: int) -> list[int]:
     """Live processes (worker and pool children) that example ``pid`` started."""
-    marker = f"EXAMPLE_PARENT_PID={pid}".encode()
+    marker = f"CELERY_KV_PARENT_PID={pid}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

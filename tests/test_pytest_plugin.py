@@ -18,6 +18,8 @@ import pytest
 import redis
 
 from celery_kv.testing import RedisServer
+from tests.conftest import wait_for
+from tests.test_examples import workers_started_by
 
 pytest_plugins = ["pytester"]
 
@@ -421,3 +423,48 @@ def test_kv_app_takes_celerys_own_celery_app_fixture(pytester: pytest.Pytester) 
     ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.worker
+def test_a_sigkilled_test_run_takes_its_kv_worker_down(
+        project: pytest.Pytester, redis_srv: RedisServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test process SIGKILLed mid-test runs no teardown: the worker it started must see
+    it go (its watchdog, from CELERY_KV_PARENT_PID) and stop, pool children included."""
+    real = f"redis://127.0.0.1:{redis_srv.port}"
+    for name, value in {"PROJ_BROKER": f"{real}/12", "PROJ_BACKEND": f"{real}/13",
+                        "PROJ_QUEUE": f"proj-kill-{os.getpid()}"}.items():
+        monkeypatch.setenv(name, value)
+    pid_file = project.path / "runner.pid"
+    project.makepyfile(test_user=f'''
+        import os
+        import signal
+        from pathlib import Path
+
+        from proj import price
+
+
+        def marked():  # processes whose environment names this one as their starter
+            mark = f"CELERY_KV_PARENT_PID={{os.getpid()}}".encode()
+            return [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                    and mark in _environ(p)]
+
+
+        def _environ(p):
+            try:
+                return p.joinpath("environ").read_bytes().split(bytes(1))  # NUL-separated
+            except OSError:
+                return []
+
+
+        def test_killed_mid_test(kv_app, kv_worker):
+            with kv_worker(concurrency=2):
+                assert price.delay("x").get(timeout=20) == 100
+                with open({str(pid_file)!r}, "w") as f:
+                    f.write(f"{{os.getpid()}} {{len(marked())}}")
+                os.kill(os.getpid(), signal.SIGKILL)
+    ''')
+    project.runpytest_subprocess("-p", "no:cacheprovider", "--kv-redis-url", f"{real}/14")
+    runner, started = map(int, pid_file.read_text().split())
+    assert started >= 3, "the worker and its 2 pool processes carry the mark"
+    wait_for(lambda: not workers_started_by(runner), 10, "the orphaned worker to stop")

@@ -21,7 +21,8 @@ delay store's due messages from the worker's main process.
 Two environment variables serve test harnesses (``celery_kv.testing``):
 ``CELERY_KV_TEST_CONF`` (JSON settings applied to each app before its settings are read:
 a worker subprocess gets the test's Redis and prefix) and ``CELERY_KV_EVENTS_JOURNAL``
-(a Redis list this process appends each coordination decision to, for ``KVEvents``).
+(a Redis list this process appends each coordination decision to, for ``KVEvents``); and
+``CELERY_KV_PARENT_PID`` makes a worker that a harness started stop when the harness dies.
 """
 
 from __future__ import annotations
@@ -131,7 +132,21 @@ def installed(app: Any) -> Installed:
                 _apps.append(app)
                 _connect_hooks()
                 journal_from_environment(lambda: installed(app).kv)
+                _watch_parent_once()
     return state  # type: ignore[no-any-return]
+
+
+_watching = False
+
+
+def _watch_parent_once() -> None:
+    """A worker that a test harness started stops when the harness is gone."""
+    global _watching
+    if not _watching:
+        _watching = True
+        from ..testing.workers import watch_parent_from_environment
+
+        watch_parent_from_environment()
 
 
 #: Settings a test harness hands a worker subprocess (``celery_kv.testing.workers``): JSON

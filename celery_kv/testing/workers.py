@@ -9,6 +9,10 @@ does not start.
 ``conf`` hands the worker settings through ``CELERY_KV_TEST_CONF`` (applied by
 ``install()`` in the worker, before its app is read): the test's coordination Redis and
 prefix, say, so the worker coordinates with the test's client app.
+
+A test process that is SIGKILLed cannot stop its worker. So the worker gets
+``CELERY_KV_PARENT_PID``, and its ``install()`` starts a watchdog thread that takes the
+worker's process group down once that process is gone.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 from ..celery.install import TEST_CONF_ENV
+
+#: The pid of the process that started this worker (``watch_parent_from_environment``).
+PARENT_ENV = "CELERY_KV_PARENT_PID"
 
 
 @contextlib.contextmanager
@@ -47,7 +55,7 @@ def worker_process(
            "-c", str(concurrency), "-Q", queue, "-n", node,
            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
     where = cwd or os.getcwd()
-    variables = {**os.environ, **(env or {})}
+    variables = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
     variables["PYTHONPATH"] = os.pathsep.join(
         filter(None, [where, variables.get("PYTHONPATH")]))
     if conf:
@@ -74,6 +82,22 @@ def _wait_ready(app: Any, node: str, proc: subprocess.Popen[bytes], log: IO[byte
             raise RuntimeError(f"worker {node} {why}:\n{tail}")
 
 
+def watch_parent_from_environment() -> None:
+    """In a worker's main process that ``worker_process`` started (``$CELERY_KV_PARENT_PID``
+    is its parent): a daemon thread stops the worker's process group once that parent is
+    gone, even SIGKILLed. Pool children (whose parent is the worker) start none."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent and parent == str(os.getppid()):
+        threading.Thread(target=_watch, args=(int(parent),), name="celery-kv-parent-watch",
+                         daemon=True).start()
+
+
+def _watch(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """Warm shutdown (SIGTERM), then SIGKILL whatever of its process group is left."""
     if proc.poll() is None:
@@ -85,4 +109,4 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-__all__ = ["stop", "worker_process"]
+__all__ = ["PARENT_ENV", "stop", "watch_parent_from_environment", "worker_process"]
