@@ -336,11 +336,12 @@ def test_eager_in_process_and_subprocess_workers_record_the_same_events(
 
 
 def _alive(pid: int) -> bool:
+    """A live process (a zombie waiting for a parent to reap it is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state != "Z"
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -426,11 +427,12 @@ def test_kv_app_takes_celerys_own_celery_app_fixture(pytester: pytest.Pytester) 
 
 
 @pytest.mark.worker
-def test_a_sigkilled_test_run_takes_its_kv_worker_down(
+def test_a_sigkilled_test_run_takes_its_kv_worker_and_kv_redis_down(
         project: pytest.Pytester, redis_srv: RedisServer,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A test process SIGKILLed mid-test runs no teardown: the worker it started must see
-    it go (its watchdog, from CELERY_KV_PARENT_PID) and stop, pool children included."""
+    it go (its watchdog, from CELERY_KV_PARENT_PID) and stop, pool children included, and
+    the session's redis-server must go too (Linux's parent-death signal)."""
     real = f"redis://127.0.0.1:{redis_srv.port}"
     for name, value in {"PROJ_BROKER": f"{real}/12", "PROJ_BACKEND": f"{real}/13",
                         "PROJ_QUEUE": f"proj-kill-{os.getpid()}"}.items():
@@ -457,14 +459,15 @@ def test_a_sigkilled_test_run_takes_its_kv_worker_down(
                 return []
 
 
-        def test_killed_mid_test(kv_app, kv_worker):
+        def test_killed_mid_test(kv_app, kv_redis, kv_worker):
             with kv_worker(concurrency=2):
                 assert price.delay("x").get(timeout=20) == 100
                 with open({str(pid_file)!r}, "w") as f:
-                    f.write(f"{{os.getpid()}} {{len(marked())}}")
+                    f.write(f"{{os.getpid()}} {{len(marked())}} {{kv_redis.pid}}")
                 os.kill(os.getpid(), signal.SIGKILL)
     ''')
-    project.runpytest_subprocess("-p", "no:cacheprovider", "--kv-redis-url", f"{real}/14")
-    runner, started = map(int, pid_file.read_text().split())
+    project.runpytest_subprocess("-p", "no:cacheprovider")
+    runner, started, server = map(int, pid_file.read_text().split())
     assert started >= 3, "the worker and its 2 pool processes carry the mark"
     wait_for(lambda: not workers_started_by(runner), 10, "the orphaned worker to stop")
+    wait_for(lambda: not _alive(server), 10, "kv_redis's orphaned redis-server to stop")

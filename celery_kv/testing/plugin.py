@@ -113,13 +113,14 @@ class KVRedis:
 @pytest.fixture(scope="session")
 def kv_redis(pytestconfig: pytest.Config) -> Iterator[KVRedis]:
     """A real Redis for the session: ``--kv-redis-url``, else a ``redis-server`` it starts
-    on a free port and stops by PID at the end."""
+    on a free port and stops by PID at the end (and that Linux stops if the run is
+    SIGKILLed)."""
     url = _option(pytestconfig, "kv_redis_url")
     if url:
         yield KVRedis(url)
         return
     try:
-        server = start_server()
+        server = start_server(die_with_parent=True)  # a SIGKILLed run leaves no server
     except RuntimeError as exc:
         _fail("kv_redis", f"cannot start a Redis server: {exc}; or pass --kv-redis-url")
     try:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,11 +198,38 @@ class RedisServer:
         self.process = fresh.process
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux send the child SIGTERM when its parent dies (even
+    SIGKILLed), or None elsewhere. ``prctl`` is looked up here, before the fork, so the
+    child only makes one C call between fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return preexec
+
+
 def start_server(
     port: int | None = None, extra: list[str] | None = None, workdir: str | None = None,
-    timeout: float = 10.0, binary: str | None = None,
+    timeout: float = 10.0, binary: str | None = None, die_with_parent: bool = False,
 ) -> RedisServer:
-    """Start a server (``binary``, e.g. from ``server_binary()``; default ``redis-server``)."""
+    """Start a server (``binary``, e.g. from ``server_binary()``; default ``redis-server``).
+
+    ``die_with_parent`` (Linux): the server gets SIGTERM when the thread that started it
+    ends, the process SIGKILLed included; only for a server started from a thread that
+    lives as long as the server should (a pytest session fixture's main thread).
+    """
     workdir = workdir or tempfile.mkdtemp(prefix="celery-kv-redis-")
     extra = list(extra or [])
     for _attempt in range(5):
@@ -214,7 +241,8 @@ def start_server(
         ]
         # its own session: a terminal's Ctrl-C reaches the owner, which stops it in order
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent() if die_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
