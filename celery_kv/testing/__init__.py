@@ -8,7 +8,9 @@
   this process and in worker processes, with assertion helpers.
 - ``workers``: ``worker_process()`` runs a real ``celery worker`` subprocess.
 - ``plugin``: the pytest plugin (fixtures ``kv``, ``kv_redis``, ``kv_app``,
-  ``kv_events``, ``kv_worker``), registered through the ``pytest11`` entry point.
+  ``kv_events``, ``kv_worker``), registered through the ``pytest11`` entry point;
+- ``containers``: pytest-celery's ``celery_setup`` with a Redis coordination container
+  (load it with ``pytest_plugins``; needs ``celery-kv[containers]`` and Docker).
 """
 
 from __future__ import annotations
