@@ -85,3 +85,21 @@ def test_retry_gives_up_after_the_max_delay_and_raise_fails_at_once(
     finally:
         kv_server.restart()
     assert count(fx, tag) == 0 and count(fx, tag + "-r") == 0
+
+
+def test_an_idle_worker_stops_at_once_while_its_coordination_redis_is_down(
+        down_env: Env, kv_server: RedisServer) -> None:
+    """Warm shutdown is not held by the maintenance thread retrying an unreachable Redis
+    (each of its calls retries for kv_retry_deadline, 5 s by default): joined for at most
+    SHUTDOWN_GRACE, an idle worker exits by itself on SIGTERM, before the SIGKILL that
+    Worker.stop sends 8 s later."""
+    idle = Worker(dataclasses.replace(down_env, conf={}))  # the default retry deadline
+    try:
+        kv_server.stop()
+        # SIGTERM as a pass begins retrying: its calls would take ~10 s to give up
+        wait_for(lambda: "Retrying celery_kv.store" in idle.log_text(), 20,
+                 "the maintenance thread to meet the outage")
+    finally:
+        idle.stop()
+        kv_server.restart()
+    assert idle.warm_exit, idle.log_text()[-3000:]
