@@ -16,7 +16,7 @@ lifecycle phase into a single script, so a phase is one round trip.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 
@@ -93,16 +93,10 @@ return out
 """
 
 
-@cache
-def compose(steps: tuple[str, ...]) -> ScriptSource:
-    """One script that runs ``steps`` (step script names) in order, as ``_DRIVER`` says.
-
-    Every script a step uses, the step itself and its undo become local functions;
-    the composite is safe to retry only when every step is.
-    """
-    if not steps:
-        raise ValueError("a phase needs at least one step")
-    defined: list[str] = []
+def _functions(names: tuple[str, ...], defined: list[str] | None = None) -> str:
+    """``local function <name>(KEYS, ARGV)`` for each script named and, first, every
+    script it uses (each once, ``defined`` naming those already written)."""
+    defined = [] if defined is None else defined
     chunks: list[str] = []
 
     def define(name: str) -> None:
@@ -114,11 +108,37 @@ def compose(steps: tuple[str, ...]) -> ScriptSource:
         defined.append(name)
         chunks.append(f"local function {name}(KEYS, ARGV)\n{source.text}\nend\n")
 
-    for name in steps:
+    for name in names:
         define(name)
+    return "".join(chunks)
+
+
+@cache
+def standalone(name: str) -> ScriptSource:
+    """``name`` run on its own: the scripts it uses become local functions before its
+    body (a step in a phase gets them from ``compose``)."""
+    source = load(name)
+    if not source.uses:
+        return source
+    return replace(source, text=_functions(source.uses) + source.text)
+
+
+@cache
+def compose(steps: tuple[str, ...]) -> ScriptSource:
+    """One script that runs ``steps`` (step script names) in order, as ``_DRIVER`` says.
+
+    Every script a step uses, the step itself and its undo become local functions;
+    the composite is safe to retry only when every step is.
+    """
+    if not steps:
+        raise ValueError("a phase needs at least one step")
+    defined: list[str] = []
+    chunks: list[str] = []
+    for name in steps:
+        chunks.append(_functions((name,), defined))
         undo = load(name).undo
         if undo is not None:
-            define(undo)
+            chunks.append(_functions((undo,), defined))
     sources = [load(name) for name in steps]
     table = ", ".join(steps)
     undos = ", ".join(source.undo or "false" for source in sources)

@@ -66,7 +66,7 @@ class Store:
         return is_cluster(self.client)
 
     def _script(self, name: str) -> tuple[Script, bool]:
-        return self._register(name, scripts.load)
+        return self._register(name, scripts.standalone)
 
     def _composite(self, names: tuple[str, ...]) -> tuple[Script, bool]:
         return self._register(names, scripts.compose)

@@ -18,6 +18,7 @@
 -- then for each key allowed-now 0/1, remaining, retry_after_us, reset_after_us, mark (the window
 -- charged, 0 if none) and amount (the cost: what a give-back takes off).
 -- retry: unsafe (a hit replayed after a lost reply would charge twice; peek mode is safe)
+-- uses: ratelimit_limit_of ratelimit_charge
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local mode = ARGV[1]
@@ -55,14 +56,8 @@ for i = 1, n do
   local k = {cost = tonumber(ARGV[3 * i]), limit = tonumber(ARGV[3 * i + 1]),
     period = tonumber(ARGV[3 * i + 2]), hold = 0}
   if aux then
-    local o = redis.call('HGET', KEYS[2 * n + 1], KEYS[i])
-    if o then
-      local lim, per, till = string.match(o, '^(%d+) (%d+) (%d+)')
-      if lim and (tonumber(till) == 0 or tonumber(till) > now) then
-        k.limit, k.period = tonumber(lim), tonumber(per)
-      end
-    end
-    k.hold = tonumber(redis.call('GET', KEYS[n + i])) or 0
+    local lim, per, hold = ratelimit_limit_of({KEYS[2 * n + 1], KEYS[i], KEYS[n + i]}, {now})
+    k.limit, k.period, k.hold = lim or k.limit, per or k.period, hold
   end
   local w = math.floor(now / k.period)
   local got = redis.call('HMGET', KEYS[i], 'm', string.format('%.0f', w))
@@ -76,32 +71,9 @@ for i = 1, n do
   slot = math.max(slot, at)
   ks[i] = k
 end
--- a slot every key admits: move it on until no key needs a later one
-local settled = never
-for _ = 1, 64 do
-  if settled then
-    break
-  end
-  settled = true
-  for i = 1, n do
-    local at = fit(i, ks[i], slot)
-    if at == nil then
-      never = true
-      break
-    end
-    if at > slot then
-      slot, settled = at, false
-    end
-  end
-end
-local charge = false
-if settled and not never then
-  if mode == 'hit' then
-    charge = slot <= now
-  elseif mode == 'reserve' then
-    charge = slot - now <= tonumber(ARGV[2])
-  end
-end
+-- a slot every key admits (moved on until no key needs a later one), and the charge
+local charge
+charge, slot = ratelimit_charge({}, {mode, ARGV[2], now, slot, never, ks, fit})
 local out = {string.format('%.0f', now), charge and string.format('%.0f', slot) or '0'}
 for i = 1, n do
   local k, key = ks[i], KEYS[i]

@@ -19,6 +19,7 @@
 -- then for each key allowed-now 0/1, remaining, retry_after_us, reset_after_us, mark (the TAT
 -- this call set, 0 if none) and amount (cost * interval: what a give-back takes off).
 -- retry: unsafe (a hit replayed after a lost reply would charge twice; peek mode is safe)
+-- uses: ratelimit_limit_of ratelimit_interval ratelimit_charge
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local mode = ARGV[1]
@@ -33,18 +34,11 @@ for i = 1, n do
   local k = {cost = tonumber(ARGV[3 * i]), interval = tonumber(ARGV[3 * i + 1]),
     burst = tonumber(ARGV[3 * i + 2]), hold = 0}
   if aux then
-    local o = redis.call('HGET', KEYS[2 * n + 1], KEYS[i])
-    if o then
-      local lim, per, till = string.match(o, '^(%d+) (%d+) (%d+)')
-      lim, per, till = tonumber(lim), tonumber(per), tonumber(till)
-      if lim and (till == 0 or till > now) then
-        local q = math.floor(per / lim)
-        while q * lim < per do q = q + 1 end
-        while q > 1 and (q - 1) * lim >= per do q = q - 1 end
-        k.interval, k.burst = math.max(q, 1), lim
-      end
+    local lim, per, hold = ratelimit_limit_of({KEYS[2 * n + 1], KEYS[i], KEYS[n + i]}, {now})
+    if lim then
+      k.interval, k.burst = ratelimit_interval({}, {lim, per}), lim
     end
-    k.hold = tonumber(redis.call('GET', KEYS[n + i])) or 0
+    k.hold = hold
   end
   local tat = tonumber(redis.call('GET', KEYS[i])) or now
   if tat < now then
@@ -58,14 +52,8 @@ for i = 1, n do
   slot = math.max(slot, k.at)
   ks[i] = k
 end
-local charge = false
-if not never then
-  if mode == 'hit' then
-    charge = slot <= now
-  elseif mode == 'reserve' then
-    charge = slot - now <= tonumber(ARGV[2])
-  end
-end
+local charge
+charge, slot = ratelimit_charge({}, {mode, ARGV[2], now, slot, never, ks, false})
 local out = {string.format('%.0f', now), charge and string.format('%.0f', slot) or '0'}
 for i = 1, n do
   local k = ks[i]

@@ -15,24 +15,17 @@
 -- ARGV[4]  limit, ARGV[5] period in whole us, ARGV[6] ttl in whole us (0: none) (set only)
 -- Returns 1 when a field was set or removed, 0 when unset found none.
 -- retry: safe (setting or removing the same field twice leaves the same hash and debt)
+-- uses: ratelimit_interval
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local key, field = KEYS[1], KEYS[2]
-
--- the emission interval "limit period_us" stands for: ceil(period / limit), exactly
-local function interval(lim, per)
-  local q = math.floor(per / lim)
-  while q * lim < per do q = q + 1 end
-  while q > 1 and (q - 1) * lim >= per do q = q - 1 end
-  return math.max(q, 1)
-end
 
 local function current()
   local o = redis.call('HGET', key, field)
   if o then
     local lim, per, till = string.match(o, '^(%d+) (%d+) (%d+)')
     if lim and (tonumber(till) == 0 or tonumber(till) > now) then
-      return interval(tonumber(lim), tonumber(per))
+      return ratelimit_interval({}, {tonumber(lim), tonumber(per)})
     end
   end
   return tonumber(ARGV[3])
