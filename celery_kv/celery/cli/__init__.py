@@ -25,7 +25,15 @@ from ...kv import KV
 from ...store import admin
 from ...store.admin import decode_identity
 from ...store.urls import mask_url
-from . import concurrency, debounce, doctor, idempotency, limits, locks, purge  # noqa: F401
+from . import (  # noqa: F401
+    concurrency,
+    debounce,
+    doctor,
+    idempotency,
+    limits,
+    locks,
+    purge,
+)
 from ._base import kv, table
 
 lock_name_of = admin.name_of
