@@ -17,7 +17,7 @@ from ..store.keys import validate_prefix
 from ..store.urls import mask_url
 from .delays import OPTIONS as DELAY_OPTIONS
 from .features import FEATURES
-from .options import Option, Where, read_settings, seconds
+from .options import Option, Where, flag, read_settings, seconds
 
 POLICIES = ("retry", "run", "raise")
 FEATURE_NAMES = tuple(feature.name for feature in FEATURES)
@@ -60,6 +60,23 @@ def _prefix(value: Any, where: Where) -> str:
         raise ValueError(f"{where.text}: {exc}") from None
 
 
+def identities(value: Any, where: Where) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError(f"{where.text}={value!r} must be a list of identities (strings)")
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    if bad:
+        raise TypeError(f"{where.text}: {bad[0]!r} is not an identity (a non-empty string)")
+    return frozenset(value)
+
+
+def port_or_none(value: Any, where: Where) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError(f"{where.text}={value!r} must be a TCP port (1-65535) or None")
+    return int(value)
+
+
 ENGINE_OPTIONS: tuple[Option, ...] = (
     Option("redis_url", "the Redis that coordinates (default: the broker URL when it is "
            "`redis://` or `rediss://`)", _url, setting="kv_redis_url", task_option=False),
@@ -93,6 +110,18 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
            "the outcome then replaces; past the deadline it stays", seconds, 300.0,
            "kv_completion_deadline", task_option=False),
     *DELAY_OPTIONS,
+    Option("metrics", "count every coordination decision in per-minute counters kept by the "
+           "decision scripts themselves (no extra round trip; `celery kv metrics` serves "
+           "them)", flag, True, "kv_metrics", task_option=False),
+    Option("metrics_ttl", "how long each minute's counters live", seconds, 7200.0,
+           "kv_metrics_ttl", task_option=False),
+    Option("metrics_identities", "keys and identities (a tenant id, a rate-limit identity) "
+           "that get counters of their own; every other key is counted only in its task's "
+           "totals, so the number of series stays bounded", identities, (),
+           "kv_metrics_identities", task_option=False),
+    Option("metrics_port", "a worker serves the Prometheus metrics on this port (from its "
+           "main process); None: it does not", port_or_none, None, "kv_metrics_port",
+           task_option=False),
 )
 
 

@@ -32,6 +32,7 @@ from ..store import Step
 from ..store.scripts import load
 from . import delays
 from .context import HEADER, Enqueue
+from .counting import tallied
 from .features import FEATURES
 from .features.base import Duplicate
 from .keys import as_mapping
@@ -130,7 +131,8 @@ def _claim_and_publish(ctx: Enqueue, publish: Publish, options: dict[str, Any],
     claimed = [(f, s) for f, s in zip(features, steps, strict=True) if s is not None]
     store = ctx.kv.store
     try:
-        answer = store.run_phase("enqueue claim", [step for _, step in claimed])
+        answer = store.run_phase("enqueue claim", tallied(policy, ctx, claimed),
+                                 policy.counters_ttl)
     except CoordinationFull as exc:  # refused now, unlike a blip: tell the caller
         keys = ", ".join(f"{what} key {key!r}" for f, _ in claimed
                          for what, key in f.describe(ctx).items())

@@ -33,6 +33,7 @@ from ..primitives.heartbeat import Heartbeat
 from ..store import Step, codec
 from ..store.retry import keep_trying
 from .context import HEADER, Run, header_of
+from .counting import tallied
 from .delays import DEFERRED, consume
 from .features.base import FAILED, Block, Drop, Feature, Outcome, Skip, Wait
 from .keys import as_mapping, task_id_of
@@ -155,8 +156,9 @@ class Execution:
                 if step is not None:
                     owners.append(feature)
                     steps.append(step)
+            steps = tallied(policy, run, zip(owners, steps, strict=True))
             try:
-                answer = self.store.run_phase("execution start", steps)
+                answer = self.store.run_phase("execution start", steps, policy.counters_ttl)
             except CoordinationUnavailable as exc:
                 return self._unavailable(exc)
             last, owner = answer.replies[-1], owners[len(answer.replies) - 1]
@@ -280,8 +282,9 @@ class Execution:
         ttl = min(float(f.lease or 0) for f in renewing)
 
         def renew() -> bool:
-            steps = [s for s in (f.renew(run) for f in renewing) if s is not None]
-            answer = self.store.run_phase("renew leases", steps)
+            owned = [(f, s) for f, s in ((f, f.renew(run)) for f in renewing) if s is not None]
+            steps = tallied(self.policy, run, owned)
+            answer = self.store.run_phase("renew leases", steps, self.policy.counters_ttl)
             if len(answer.replies) == len(steps) and verdict(answer.replies[-1]) == "ok":
                 return True
             feature, last = renewing[len(answer.replies) - 1], answer.replies[-1]
@@ -383,6 +386,7 @@ class Execution:
             if step is not None:
                 owners.append(feature)
                 steps.append(step)
+        steps = tallied(self.policy, run, zip(owners, steps, strict=True))
         if self.policy.marks_completion and not revoke:
             steps.append(Step("task_done_mark", (self.done_key(),),
                               (to_ms(self.policy.completion_ttl),)))
@@ -413,7 +417,7 @@ class Execution:
             f.outcome_must_land and f.name in run.held for f in self.policy.features)
 
         def final() -> Any:
-            return self.store.run_phase("final outcome", steps)
+            return self.store.run_phase("final outcome", steps, self.policy.counters_ttl)
 
         if not must_land:
             return _quietly(final, "release the keys at the final outcome")

@@ -144,18 +144,39 @@ class Maintenance(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.poller: Poller | None = None
+        self.metrics: Any = None  # (server, thread) serving kv_metrics_port
 
     def start(self, worker: Any) -> None:
         self.poller = Poller(worker.app, str(getattr(worker, "hostname", "") or "worker"))
         self.poller.start()
+        port = installed(worker.app).settings.metrics_port
+        if port is not None and self.metrics is None:
+            self.metrics = serve_metrics(worker.app, port)
 
     def stop(self, worker: Any) -> None:
         poller, self.poller = self.poller, None
         if poller is not None:
             poller.stop()
+        served, self.metrics = self.metrics, None
+        if served is not None:
+            served[0].shutdown()
 
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)
+
+
+def serve_metrics(app: Any, port: int) -> Any:
+    """Serve the Prometheus metrics on ``port`` from the worker's main process; a port
+    that cannot be had is logged, and the worker runs on without them."""
+    try:
+        from ..metrics import serve
+
+        served = serve(installed(app).kv, port, addr="0.0.0.0")
+    except (ImportError, OSError) as exc:
+        log.error("celery-kv: kv_metrics_port=%s: metrics not served: %s", port, exc)
+        return None
+    log.info("celery-kv: Prometheus metrics on port %s (/metrics)", port)
+    return served
 
 
 def add_to(app: Any) -> None:

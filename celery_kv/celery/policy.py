@@ -30,6 +30,8 @@ class TaskPolicy:
     completion_ttl: float
     completion_deadline: float
     delay_store: bool | str = True  # kv_delay_store: True, False or "all"
+    counters_ttl: float = 0.0  # kv_metrics_ttl, 0 when kv_metrics is off
+    counted_identities: frozenset[str] = frozenset()  # kv_metrics_identities
 
     def feature(self, name: str) -> Any:
         """The configured feature called ``name``, or None when the task does not use it."""
@@ -85,4 +87,6 @@ def build_policy(task_cls: Any, settings: Settings) -> TaskPolicy:
         completion_ttl=settings.completion_ttl,
         completion_deadline=settings.completion_deadline,
         delay_store=task.get(_ENGINE["delay_store"]),
+        counters_ttl=settings.metrics_ttl if settings.metrics else 0.0,
+        counted_identities=frozenset(settings.metrics_identities),
     )

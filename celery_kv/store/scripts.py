@@ -64,6 +64,53 @@ def available() -> list[str]:
 # It runs the steps in order and stops at the first that does not answer 'ok': on 'deny'
 # it first runs the undo of every earlier step, newest first, so a denied phase holds
 # nothing and is charged nothing. It answers {server seconds, microseconds, reply...}.
+#
+# Counting (metrics.py): when ARGV goes on past the steps' arguments, it holds the counters'
+# lifetime (ms) and one tally per step ("task|feature", a tab, rules, a tab, an identity or
+# ''), and the key after the steps' keys is the counters' base: the decision is counted in
+# the hash <base>:<server minute> by the same script that made it. A denied phase counts
+# only the step that denied (what it undid never happened); otherwise every step counts its
+# own reply. Rules: "cond>event,event;..." where cond is a verdict, optionally with ":i=v"
+# (reply[i] is v, '' for missing) or ":i?" (reply[i] exists); the first rule that matches
+# counts its events into the fields "task|feature|event" (and "...|identity"); "-" counts
+# nothing, and "-event" takes one back (a Cluster's undo of a step counted in its own call).
+_COUNTING = """
+local function matches(reply, cond)
+  local verdict, rest = string.match(cond, '^([a-z]+)(.*)$')
+  if reply[1] ~= verdict then return false end
+  if rest == '' then return true end
+  local i, op, value = string.match(rest, '^:(%d+)([=?])(.*)$')
+  local got = reply[tonumber(i)]
+  if op == '?' then return got ~= nil end
+  return tostring(got or '') == value
+end
+local function count(key, reply, tally)
+  local label, rules, who = string.match(tally, '^([^\t]*)\t([^\t]*)\t(.*)$')
+  if not label then return 0 end
+  for rule in string.gmatch(rules, '[^;]+') do
+    local cond, events = string.match(rule, '^([^>]+)>(.*)$')
+    if cond and matches(reply, cond) then
+      local n = 0
+      for event in string.gmatch(events, '[^,]+') do
+        local by = 1
+        if string.sub(event, 1, 1) == '-' then  -- an undo takes back what its step counted
+          event, by = string.sub(event, 2), -1
+        end
+        if event ~= '' then
+          redis.call('HINCRBY', key, label .. '|' .. event, by)
+          if who ~= '' then
+            redis.call('HINCRBY', key, label .. '|' .. event .. '|' .. who, by)
+          end
+          n = n + 1
+        end
+      end
+      return n
+    end
+  end
+  return 0
+end
+"""
+
 _DRIVER = """
 local unpack = unpack or table.unpack
 local n = tonumber(ARGV[1])
@@ -87,6 +134,17 @@ for i = 1, n do
       end
     end
     break
+  end
+end
+if ARGV[ai] and ARGV[ai] ~= '0' then
+  local key = KEYS[ki] .. ':' .. math.floor(tonumber(t[1]) / 60)
+  local ran, counted = #out - 2, 0
+  local first = out[ran + 2][1] == 'deny' and ran or 1
+  for i = first, ran do
+    counted = counted + count(key, out[i + 2], ARGV[ai + i])
+  end
+  if counted > 0 then
+    redis.call('PEXPIRE', key, ARGV[ai])
   end
 end
 return out
@@ -142,7 +200,8 @@ def compose(steps: tuple[str, ...]) -> ScriptSource:
     sources = [load(name) for name in steps]
     table = ", ".join(steps)
     undos = ", ".join(source.undo or "false" for source in sources)
-    text = "".join(chunks) + f"local STEPS = {{{table}}}\nlocal UNDO = {{{undos}}}\n" + _DRIVER
+    head = f"local STEPS = {{{table}}}\nlocal UNDO = {{{undos}}}\n"
+    text = "".join(chunks) + head + _COUNTING + _DRIVER
     return ScriptSource(
         "+".join(steps), text, all(source.retry_safe for source in sources)
     )

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from . import scripts
+from . import metrics, scripts
 from .client import AnyRedis, connect, is_cluster
 from .keys import KeySpace
 from .retry import RetryPolicy
@@ -24,6 +24,8 @@ class Step:
     script: str
     keys: tuple[str, ...]
     args: tuple[Any, ...] = ()
+    #: how the phase's script counts this step's decision (``metrics.tally``); '' for not
+    tally: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,13 @@ class Store:
             self._scripts[key] = found
         return found
 
-    def run_phase(self, operation: str, steps: Sequence[Step]) -> PhaseReply:
+    def run_phase(self, operation: str, steps: Sequence[Step], counters_ttl: float = 0.0
+                  ) -> PhaseReply:
         """Run a lifecycle phase: its steps in order, stopping at the first that does not
         answer 'ok' (a 'deny' first undoes the earlier steps).
+
+        ``counters_ttl`` (seconds, 0 for none): the same script counts the decisions of the
+        steps that carry a ``tally`` in per-minute counters living that long (``metrics``).
 
         On one server the whole phase is one composed script, one round trip: the steps'
         keys may sit in different slots, which a single server allows. Redis Cluster
@@ -90,25 +96,29 @@ class Store:
         and a denial runs the earlier steps' undo scripts as calls of their own.
         """
         if not self.cluster:
-            return self._run_composite(operation, steps)
+            return self._run_composite(operation, steps, counters_ttl)
         replies: list[Any] = []
         now = 0.0
         for index, step in enumerate(steps):
-            answer = self._run_composite(operation, [step])
+            answer = self._run_composite(operation, [step], counters_ttl)
             now = now or answer.now
             reply = answer.replies[0]
             replies.append(reply)
             verdict = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
             if verdict == "deny":
-                for earlier in reversed(steps[:index]):
+                for earlier, counted in zip(reversed(steps[:index]), reversed(replies[:index]),
+                                            strict=True):
                     undo = scripts.load(earlier.script).undo
                     if undo is not None:
-                        self._run_composite(operation, [Step(undo, earlier.keys, earlier.args)])
+                        step = Step(undo, earlier.keys, earlier.args,
+                                    metrics.taken_back(earlier.tally, counted))
+                        self._run_composite(operation, [step], counters_ttl)
             if verdict != "ok":
                 break
         return PhaseReply(now, replies)
 
-    def _run_composite(self, operation: str, steps: Sequence[Step]) -> PhaseReply:
+    def _run_composite(self, operation: str, steps: Sequence[Step], counters_ttl: float = 0.0
+                       ) -> PhaseReply:
         names = tuple(step.script for step in steps)
         script, retry_safe = self._scripts.get(names) or self._composite(names)
         keys: list[str] = []
@@ -118,6 +128,10 @@ class Store:
         for step in steps:
             keys += step.keys
             args += step.args
+        if counters_ttl > 0 and any(step.tally for step in steps):
+            keys.append(metrics.counters_base(self, steps[0].keys[0] if steps[0].keys else ""))
+            args.append(max(int(counters_ttl * 1000), 1))
+            args += (step.tally for step in steps)
         reply = self.retry.call(
             operation, lambda: self._evalsha(script, keys, args), retry_safe=retry_safe
         )

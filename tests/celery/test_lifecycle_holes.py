@@ -19,6 +19,7 @@ from celery_kv import KVTask
 from celery_kv.celery.context import HEADER
 from celery_kv.celery.install import installed
 from celery_kv.primitives.lock import break_lock
+from celery_kv.store.metrics import read_counts, totals
 from tests.celery.conftest import Worker, assert_no_overlap, count, events
 from tests.celery.test_enqueue import claim_of, idem_state
 from tests.conftest import wait_for
@@ -196,6 +197,12 @@ def test_a_phase_is_one_round_trip(client_app: Celery, monkeypatch: pytest.Monke
     sent.clear()
     assert everything.apply((tag, 1), task_id=result.id).get() == 1
     assert sent == ["EVALSHA", "EVALSHA"], "start, final outcome"
+    # ... and those same scripts counted what they decided (kv_metrics is on by default)
+    counted = totals(read_counts(installed(client_app).kv.store, 2)[1])
+    admitted = {f: n for (task, f, event, _), n in counted.items()
+                if task == everything.name and event == "admitted"}
+    assert admitted == dict.fromkeys(
+        ["singleton", "idempotency", "rate_limit", "concurrency", "cache"], 2)
 
 
 def test_a_redelivered_message_of_a_running_singleton_never_runs_it_again(

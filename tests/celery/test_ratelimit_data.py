@@ -86,7 +86,8 @@ def test_several_limits_share_a_named_scope_and_charge_their_own_costs(app: Cele
     task_wide, tenant, tpm = feature.limits(kv)
     # the callable's costs, summed (1,500 units come back each second)
     assert 89000 <= tpm.peek("").remaining < 89000 + 300
-    assert tenant.peek("acme").remaining == 8 and task_wide.peek("").remaining == 98
+    # two charges each (the 100/s one may have one back if the calls were 10 ms apart)
+    assert tenant.peek("acme").remaining == 8 and task_wide.peek("").remaining in (98, 99)
     # the shared name is one state, whichever task charges it
     @app.task(base=KVTask, shared=False, name="proj.other",
               rate_limits=[{"rate": "90000/m", "name": "openai-tpm", "cost": 5}])
@@ -94,7 +95,7 @@ def test_several_limits_share_a_named_scope_and_charge_their_own_costs(app: Cele
 
     other.apply().get()
     assert 88995 <= tpm.peek("").remaining < 88995 + 600
-    keys = keys_under(kv)
+    keys = [key for key in keys_under(kv) if ":metrics:" not in key]  # decision counters
     assert keys and all("{openai-tpm}" in key for key in keys), keys
 
 

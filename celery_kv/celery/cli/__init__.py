@@ -11,6 +11,7 @@
     celery -A proj kv concurrency show TASK        # a pool's keys: running, waiting, weight
     celery -A proj kv concurrency weight TASK KEY W  # a key's share of the pool (--clear)
     celery -A proj kv purge [--yes]                # SCAN + UNLINK every key under the prefix
+    celery -A proj kv metrics [--port 9808]        # Prometheus: decisions and live state
 
 One module per subcommand; ``_base`` holds the group, the target (Redis and prefix, from
 the app as its workers see them, or ``--url``/``--prefix``) and the error handling: every
@@ -32,6 +33,7 @@ from . import (  # noqa: F401
     idempotency,
     limits,
     locks,
+    metrics,
     purge,
 )
 from ._base import kv, table

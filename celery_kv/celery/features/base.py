@@ -16,7 +16,7 @@ script per phase and names no feature; the phases are:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -121,6 +121,10 @@ class Feature:
     claims_when_eager: ClassVar[bool] = True
     #: the longest single deferral this feature asks for, in seconds
     max_defer: float = 0.0
+    #: what the phase scripts count of this feature's steps, by step script: rules of
+    #: ``celery_kv.store.scripts`` (``"ok>admitted;deny>denied"``) that mirror the signals
+    #: the feature sends for the same reply (``celery_kv.celery.counting``)
+    counts: ClassVar[Mapping[str, str]] = {}
     #: a run this feature learns was superseded (its renew step answers 'superseded') is
     #: terminated through Celery's revoke, not only told (``supersede_terminate``)
     terminate_when_superseded: bool = False
@@ -129,6 +133,10 @@ class Feature:
     def configure(cls, task: TaskDefinition) -> Feature | None:
         """This feature for ``task``, or None when its options leave it off."""
         raise NotImplementedError
+
+    def count_rules(self, step: Step, ctx: Any) -> str:
+        """The counting rules of ``step`` for this call (default: ``counts``)."""
+        return self.counts.get(step.script, "")
 
     # -- keys ---------------------------------------------------------------------------
 

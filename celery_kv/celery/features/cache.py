@@ -44,6 +44,7 @@ def _all(keys: Any) -> tuple[str, ...]:
 
 class CacheFeature(Feature):
     name = "cache"
+    counts = {"task_cache_start": "ok>cache_miss,admitted;stop>cache_hit"}
     options = (ENABLED, TTL, KEY, VERSION)
     on_unavailable = "run"
     stores_result = True

@@ -57,6 +57,11 @@ after_park: list[Callable[[Any, str], None]] = []
 
 class Concurrency(Feature):
     name = "concurrency"
+    counts = {
+        "task_concurrency_start": "ok>admitted;deny:2=spent>-;deny:2=full>denied;"
+                                  "deny>contended,deferred",
+        "task_concurrency_renew": "deny>lost",
+    }
     options = (LIMIT, KEY, TOTAL, MAX_WAITING, LOCK_TTL)
     header_fields = (TICKET,)
     periodic: ClassVar[bool] = True  # the pump: waiters move when no run ends

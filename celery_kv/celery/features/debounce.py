@@ -62,6 +62,11 @@ def _ms(seconds: float) -> int:
 
 class Debounce(Feature):
     name = "debounce"
+    counts = {
+        "task_burst_arm": "deny>deduplicated",
+        "task_burst_fire": "ok>admitted",
+        "task_burst_renew": "deny>lost",
+    }
     options = (DEBOUNCE, KEY, MAX_WAIT, EDGE)
     header_fields = ("debounce_key", "burst_msg", "follow_for")
     claims_at_enqueue = True

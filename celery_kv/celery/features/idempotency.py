@@ -45,6 +45,12 @@ def explicit_key(task_name: str, value: Any) -> str:
 
 class Idempotency(Feature):
     name = "idempotency"
+    counts = {
+        "task_idempotency_claim": "deny:2=completed>deduplicated;deny:2=in_progress>deduplicated",
+        "task_idempotency_start": "ok>admitted;stop:5=>replayed;deny:2=reused>-;"
+                                  "deny:2=unknown>-;deny>deduplicated",
+        "task_idempotency_renew": "deny>lost",
+    }
     options = (ENABLED, KEY, TTL, LEASE)
     header_fields = ("idempotency_key", "idempotency_fingerprint")
     call_options = ("idempotency_key",)
@@ -97,6 +103,13 @@ class Idempotency(Feature):
             key = (ctx.policy.namespace, ctx.header["idempotency_key"])
             found = ctx.state["idempotency_record"] = (ctx.kv.store.keys.key("idem", key),)
         return found
+
+    def count_rules(self, step: Step, ctx: Any) -> str:
+        """A finish that finds the claim gone loses the run's outcome (``lock_lost``)."""
+        if step.script == "task_idempotency_finish":
+            held = step.args[2] == "done" and ctx.state.get(self.name)
+            return "ok:2=0>lost" if held else ""
+        return super().count_rules(step, ctx)
 
     def _refused(self, ctx: Context) -> IdempotencyKeyReused:
         return IdempotencyKeyReused(ctx.header["idempotency_key"], self.task_name)

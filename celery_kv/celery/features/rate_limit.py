@@ -148,6 +148,10 @@ class LimitSpec:
 
 class RateLimitFeature(Feature):
     name = "rate_limit"
+    counts = {
+        "task_rate_limit_start": "ok>admitted;deny:2=early>deferred;deny:3?>denied,deferred;"
+                                 "deny>denied",
+    }
     options = (RATES, KEY, LIMITS, COST, ALGORITHM, MAX_DELAY)
     header_fields = ("rate_limited_for", "rate_limit_denials", RESERVATION, KEYS)
     final_phase = False  # a hit holds nothing: no final-outcome call, no completion mark

@@ -67,6 +67,11 @@ ON_LOCKED = Option("on_locked", "a run finding the key held: `\"retry\"` (wait),
 
 class Singleton(Feature):
     name = "singleton"
+    counts = {
+        "task_singleton_claim": "deny>deduplicated",
+        "task_singleton_start": "ok>admitted;deny:4=stale>-;deny:4=superseded>-;deny>contended",
+        "task_singleton_renew": "deny:2=superseded>-;deny>lost",
+    }
     options = (ENABLED, KEY, MODE, LOCK_TTL, ON_DUPLICATE, ON_LOCKED, SUPERSEDE_TERMINATE)
     header_fields = ("singleton_key", "singleton_msg")
 

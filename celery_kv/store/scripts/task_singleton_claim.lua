@@ -14,7 +14,7 @@
 -- message ends revoked and its run is told at its next heartbeat. The previous owner, fence,
 -- nonce and expiry are kept ('prev_*') for the undo.
 -- KEYS[1] lock hash {owner, fence, nonce, next, pin, prev, prev_rep, prev_owner, prev_fence,
--- prev_nonce, prev_until, prev_pin}, KEYS[2] fence counter, KEYS[3] tombstones (set of 'id:<task id>' and
+-- prev_nonce, prev_until, prev_pin, prev_at, at}, KEYS[2] fence counter, KEYS[3] tombstones (set of 'id:<task id>' and
 -- 'msg:<nonce>' this key no longer runs)
 -- ARGV[1] task id, ARGV[2] claim nonce, ARGV[3] claim lease (ms), ARGV[4] fence counter
 -- TTL (ms), ARGV[5] task id of the running task making this call, or '', ARGV[6]
@@ -31,6 +31,10 @@
 -- undo: task_singleton_unclaim
 -- uses: fence_next
 -- retry: safe (the nonce makes a second run of the same call answer 'ok' again)
+local function at_ms()  -- when the holder took it (server ms): the lock's age for metrics
+  local t = redis.call('TIME')
+  return string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'nonce', 'next', 'prev_owner', 'pin')
 local owner, nxt = rec[1], rec[3]
 local mode = ARGV[6] or ''
@@ -61,7 +65,7 @@ end
 
 if not owner then
   local fence = next_fence()
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence, 'nonce', ARGV[2])
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence, 'nonce', ARGV[2], 'at', at_ms())
   pin(ARGV[8])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {'ok', fence}
@@ -100,16 +104,17 @@ if mode == 'replace' and not running and owner ~= ARGV[1] and owner == rec[1]
   return {'ok', '', 'replaced', owner}
 end
 if mode == 'supersede' and task_of(owner) ~= ARGV[1] and owner == rec[1] then
-  local was = redis.call('HMGET', KEYS[1], 'fence', 'nonce', 'pin')
+  local was = redis.call('HMGET', KEYS[1], 'fence', 'nonce', 'pin', 'at')
   local pttl = redis.call('PTTL', KEYS[1])
   local now = redis.call('TIME')
   local until_ms = pttl > 0 and (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
                                  + pttl) or 0
   tombstone('id:' .. task_of(owner))
   local fence = next_fence()
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence, 'nonce', ARGV[2],
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence, 'nonce', ARGV[2], 'at', at_ms(),
              'prev_owner', owner, 'prev_fence', was[1] or '', 'prev_nonce', was[2] or '',
-             'prev_until', string.format('%d', until_ms), 'prev_pin', was[3] or '')
+             'prev_until', string.format('%d', until_ms), 'prev_pin', was[3] or '',
+             'prev_at', was[4] or '')
   pin(ARGV[8])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {'ok', fence, 'superseded', task_of(owner)}

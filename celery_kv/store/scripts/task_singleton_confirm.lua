@@ -10,7 +10,7 @@
 -- retry: safe (sets the same lifetime again)
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'prev', 'prev_rep', 'prev_owner', 'prev_fence', 'prev_nonce',
-    'prev_until', 'prev_pin')
+    'prev_until', 'prev_pin', 'prev_at')
   if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
   end

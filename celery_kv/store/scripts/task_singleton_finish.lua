@@ -20,7 +20,9 @@ end
 if nxt and nxt ~= ARGV[2] then
   local fence = string.format('%d', redis.call('INCR', KEYS[2]))
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  redis.call('HSET', KEYS[1], 'owner', nxt, 'fence', fence)
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'owner', nxt, 'fence', fence, 'at',
+             string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
   redis.call('HDEL', KEYS[1], 'next', 'nonce', 'pin')
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 else

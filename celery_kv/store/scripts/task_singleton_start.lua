@@ -19,6 +19,10 @@
 -- undo: task_singleton_hand_back
 -- uses: fence_next
 -- retry: safe (a second run by the same token finds the key its own)
+local function at_ms()  -- when the holder took it (server ms): the lock's age for metrics
+  local t = redis.call('TIME')
+  return string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'next', 'nonce')
 local owner, fence = rec[1], rec[2]
 local run_prefix = ARGV[2] .. '#run:'
@@ -38,14 +42,16 @@ if (ARGV[7] or '') ~= '' then
   end
 end
 if owner == ARGV[2] or owner == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+  if owner ~= ARGV[1] then  -- the queued claim becomes this run's
+    redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'at', at_ms())
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
   return {'ok', fence}
 end
 if not owner then
   fence = fence_next({KEYS[2]}, {ARGV[4]})
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence)
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence, 'at', at_ms())
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {'ok', fence}
 end

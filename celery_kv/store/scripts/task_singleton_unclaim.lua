@@ -8,7 +8,8 @@
 -- Returns {'ok'}.
 -- retry: safe (a second run finds nothing of this call's left)
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'nonce', 'next', 'prev', 'prev_owner',
-                       'prev_fence', 'prev_nonce', 'prev_until', 'prev_rep', 'prev_pin')
+                       'prev_fence', 'prev_nonce', 'prev_until', 'prev_rep', 'prev_pin',
+                       'prev_at')
 local owner, nonce = rec[1], rec[2]
 if owner and nonce == ARGV[2] and owner ~= ARGV[1] then  -- replaced a queued holder's message
   if rec[4] then
@@ -41,8 +42,13 @@ elseif owner == ARGV[1] and nonce == ARGV[2] then
     else
       redis.call('HDEL', KEYS[1], 'nonce')
     end
+    if rec[11] and rec[11] ~= '' then
+      redis.call('HSET', KEYS[1], 'at', rec[11])
+    else
+      redis.call('HDEL', KEYS[1], 'at')
+    end
     redis.call('HDEL', KEYS[1], 'prev_owner', 'prev_fence', 'prev_nonce', 'prev_until',
-      'prev_pin')
+      'prev_pin', 'prev_at')
     redis.call('PEXPIRE', KEYS[1], left)
   else
     redis.call('DEL', KEYS[1])
