@@ -11,6 +11,7 @@
     celery -A proj kv concurrency show TASK        # a pool's keys: running, waiting, weight
     celery -A proj kv concurrency weight TASK KEY W  # a key's share of the pool (--clear)
     celery -A proj kv purge [--yes]                # SCAN + UNLINK every key under the prefix
+    celery -A proj kv why TASK_ID                  # what holds a task back: cause, holder, keys
     celery -A proj kv metrics [--port 9808]        # Prometheus: decisions and live state
 
 One module per subcommand; ``_base`` holds the group, the target (Redis and prefix, from
@@ -35,6 +36,7 @@ from . import (  # noqa: F401
     locks,
     metrics,
     purge,
+    why,
 )
 from ._base import kv, table
 
