@@ -11,6 +11,7 @@
     celery -A proj kv concurrency show TASK        # a pool's keys: running, waiting, weight
     celery -A proj kv concurrency weight TASK KEY W  # a key's share of the pool (--clear)
     celery -A proj kv purge [--yes]                # SCAN + UNLINK every key under the prefix
+    celery -A proj kv dashboard [--port 9809]      # a live web page (read-only; --allow-unlock)
     celery -A proj kv why TASK_ID                  # what holds a task back: cause, holder, keys
     celery -A proj kv metrics [--port 9808]        # Prometheus: decisions and live state
 
@@ -29,6 +30,7 @@ from ...store.admin import decode_identity
 from ...store.urls import mask_url
 from . import (  # noqa: F401
     concurrency,
+    dashboard,
     debounce,
     doctor,
     idempotency,
