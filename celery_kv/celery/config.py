@@ -110,6 +110,9 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
            "the outcome then replaces; past the deadline it stays", seconds, 300.0,
            "kv_completion_deadline", task_option=False),
     *DELAY_OPTIONS,
+    Option("otel", "add an OpenTelemetry span event `celery_kv.<signal>` for each "
+           "coordination decision to the current span (`celery_kv.otel`; needs "
+           "`celery-kv[otel]`)", flag, False, "kv_otel", task_option=False),
     Option("metrics", "count every coordination decision in per-minute counters kept by the "
            "decision scripts themselves (no extra round trip; `celery kv metrics` serves "
            "them)", flag, True, "kv_metrics", task_option=False),

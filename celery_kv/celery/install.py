@@ -170,6 +170,10 @@ def _test_conf(app: Any) -> None:
 def install(app: Any, kv: KV | None = None) -> KV:
     """Set celery-kv up on ``app`` and return its ``KV`` (pass ``kv`` to use your own)."""
     state = installed(app)
+    if state.settings.otel:
+        from ..otel import instrument
+
+        instrument()  # an ImportError naming celery-kv[otel] when OpenTelemetry is missing
     if kv is not None:
         state.use(kv)
     result = state.kv
