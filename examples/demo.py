@@ -19,7 +19,9 @@ demo's tasks.
 
 It starts two ``celery worker`` processes (prefork, two children each), sends a
 burst of realistic traffic, shows progress, and prints a table of checks made
-against the journal the task bodies wrote (server timestamps). The exit status
+against the journal the task bodies wrote (server timestamps), then writes
+``admissions.png`` (the partner API's admissions per second against its limit;
+``examples/plot.py``, with ``celery-kv[plot]``) into ``--out``. The exit status
 is 0 when every check holds, 1 when one fails and 130 when interrupted; every
 process and key it made is gone when it returns, Ctrl-C included.
 
@@ -665,6 +667,23 @@ def check_reindex(sent: Sent, kv: Any) -> Row:
                f"max overlap {overlap}, waits <= {longest:.1f}s", problems)
 
 
+def plot_partner(kv: Any, out: Path) -> str:
+    """Draw the partner API's admissions per second against its limit into
+    ``out/admissions.png``; returns the report's line about it."""
+    from examples import plot
+    from examples.billing import journal, tasks
+
+    data = plot.admissions(journal.read(kv, "partner"), tasks.push_invoice.name,
+                           tasks.PARTNER_RATE, key="tenant")
+    try:
+        path = plot.write_png(data, out / "admissions.png")
+    except ImportError:
+        return plot.SKIPPED
+    except OSError as exc:
+        return f"plot not written: {exc}"
+    return f"plot: {path} (admissions per second per tenant against {tasks.PARTNER_RATE})"
+
+
 def report(rows: list[Row]) -> str:
     """The table, then what went wrong for each row that failed."""
     from celery_kv.celery.cli import table
@@ -758,6 +777,7 @@ def _run(args: argparse.Namespace, run_id: str, prefix: str, began: float,
         rows.append(Row("sending", "-", "-", "-", "no send raises",
                         f"{len(sent.errors)} errors", sent.errors[:3]))
     say("\n" + report(rows))
+    say(plot_partner(kv, args.out or Path(tempfile.gettempdir()) / f"celery-kv-demo-{run_id}"))
     failed = [r.feature for r in rows if not r.ok]
     say(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} "
         f"in {time.monotonic() - began:.1f}s")
@@ -783,6 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to wait for the burst to finish (default 45)")
     parser.add_argument("--external-workers", action="store_true",
                         help="start no workers or servers (docker-compose): use BILLING_*")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for admissions.png, the partner API's admissions plot "
+                             "(default: celery-kv-demo-<run id> in the temp folder)")
     return parser
 
 

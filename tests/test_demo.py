@@ -104,12 +104,13 @@ def demo_srv() -> Iterator[RedisServer]:
 # -- end to end -----------------------------------------------------------------------------------
 
 
-def test_demo_runs_end_to_end_and_every_check_passes(demo_srv: RedisServer, run_id: str) -> None:
+def test_demo_runs_end_to_end_and_every_check_passes(demo_srv: RedisServer, run_id: str,
+                                                     tmp_path: Path) -> None:
     before = all_keys(demo_srv)
     started = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "examples.demo"], cwd=ROOT, env=demo_env(run_id, demo_srv.url),
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "examples.demo", "--out", str(tmp_path)], cwd=ROOT,
+        env=demo_env(run_id, demo_srv.url), capture_output=True, text=True, timeout=120,
     )
     took = time.monotonic() - started
     out = run.stdout
@@ -134,6 +135,23 @@ def test_demo_runs_end_to_end_and_every_check_passes(demo_srv: RedisServer, run_
     assert "all checks passed" in out
     assert "removed " in out and f"demo keys under 'billing-demo-{run_id}:'" in out
     assert_nothing_left(run_id, demo_srv, before, out)
+    png = tmp_path / "admissions.png"
+    assert f"plot: {png} (admissions per second per tenant against 5/s)" in out
+    assert_a_drawn_png(png)
+
+
+def assert_a_drawn_png(path: Path) -> None:
+    """A PNG that decodes, at the size drawn, with bars and lines on it (not one colour)."""
+    from matplotlib import image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = image.imread(path)
+    assert pixels.shape[:2] == (450, 800)
+    rgb = pixels[:, :, :3].reshape(-1, 3)
+    inked = (rgb < 0.9).any(axis=1).mean()  # not near-white: axes, text, bars, lines
+    assert 0.05 < inked < 0.9, f"{inked:.1%} of the pixels are drawn"
+    red = ((rgb[:, 0] > 0.7) & (rgb[:, 1] < 0.3) & (rgb[:, 2] < 0.4)).sum()
+    assert red > 800, "no limit line"  # crimson, the width of the axes
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------------
@@ -229,7 +247,9 @@ def test_scripts_demo_bootstraps_then_runs_the_module() -> None:
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
-    assert lines[-3:] == ['cd "$ROOT"', "source scripts/bootstrap",
+    assert lines[-4:] == ['cd "$ROOT"', "source scripts/bootstrap",
+                          'python -c "import matplotlib" 2>/dev/null || '
+                          'python -m pip install -q -e "$ROOT[plot]" >&2 || true',
                           'exec python -m examples.demo "$@"']
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
@@ -397,3 +417,46 @@ def test_a_failed_check_shows_in_the_table() -> None:
     lines = demo.report(rows).splitlines()
     assert lines[2].endswith("PASS") and lines[3].endswith("FAIL")
     assert lines[-2:] == ["what failed:", "  b: it broke"]
+
+
+# -- the admissions plot --------------------------------------------------------------------------
+
+
+def gcra_admissions(kv: KV, tenant: str, count: int, at: float) -> None:
+    """Journal ``count`` admissions as GCRA 5/s (burst 5) makes them: 5 at once, then one
+    every 0.2 s."""
+    for n in range(count):
+        journal.record(kv, "partner", tenant=tenant, admitted_at=at + max(0, n - 4) * 0.2)
+
+
+def test_the_plotted_series_counts_each_second_and_stays_within_the_limit(kv: KV) -> None:
+    from examples import plot
+
+    gcra_admissions(kv, "acme", 15, at=100.0)
+    gcra_admissions(kv, "globex", 7, at=100.9)
+    data = plot.admissions(journal.read(kv, "partner"), "billing.push_invoice", "5/s",
+                           key="tenant")
+    # acme: 5 at once and 4 more in its first second, then 5 a second; globex starts later
+    assert data.per_key == {"acme": [9, 5, 1], "globex": [5, 2, 0]}
+    assert (data.rate, data.burst, data.by) == (5.0, 5, "tenant")
+    assert all(n <= data.rate for s in data.per_key.values() for n in s[1:])
+    assert data.exceeding() == []
+
+    for at in (101.1, 101.5):  # two more in its second second: over burst + 5/s x 2 s
+        journal.record(kv, "partner", tenant="acme", admitted_at=at)
+    data = plot.admissions(journal.read(kv, "partner"), "billing.push_invoice", "5/s",
+                           key="tenant")
+    assert data.per_key["acme"] == [9, 7, 1]
+    assert data.exceeding() == ["acme: 16 admitted in the first 2 s"]
+
+
+def test_without_matplotlib_the_demo_says_one_line_and_writes_nothing(
+    kv: KV, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples import plot
+
+    gcra_admissions(kv, "acme", 6, at=10.0)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # not importable
+    assert demo.plot_partner(kv, tmp_path) == plot.SKIPPED
+    assert plot.SKIPPED == "plot skipped: pip install celery-kv[plot]"
+    assert list(tmp_path.iterdir()) == []
