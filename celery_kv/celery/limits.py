@@ -13,6 +13,7 @@ Overrides are operator data, so they persist (no TTL) until unset, unless set wi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..kv import KV
@@ -96,4 +97,37 @@ def list_overrides(task: Any, kv: KV | None = None) -> list[Override]:
     return found
 
 
-__all__ = ["Override", "list_overrides", "set_override", "task_limit", "unset_override"]
+def _exists(key: str, client: Any) -> bool:
+    return bool(client.exists(key))
+
+
+def identity_pairs(feature: Any, kv: KV, identity: KeyLike) -> list[tuple[RateLimit, KeyLike]]:
+    """A task's limits (its rate-limit ``feature``), each with the identity it is charged
+    for: ``identity`` for a keyed limit, '' for a task-wide one."""
+    limits: list[RateLimit] = feature.limits(kv)
+    return [(limit, identity if spec.key is not None else "")
+            for limit, spec in zip(limits, feature.specs, strict=True)]
+
+
+def peeked(kv: KV, pairs: list[tuple[RateLimit, KeyLike]]) -> list[dict[str, Any]]:
+    """Each limit's state for its identity, as ``celery kv limits`` and the dashboard show
+    it: peeked, so nothing is charged."""
+    rows: list[dict[str, Any]] = []
+    for limit, who in pairs:
+        decision = limit.peek(who)
+        redis_key = limit.redis_key(who)
+        exists = kv.store.command("limit exists", partial(_exists, redis_key),
+                                  retry_safe=True)
+        rows.append({
+            "limit": limit.name, "rate": str(limit.rate), "algorithm": limit.algorithm,
+            "identity": who if not isinstance(who, bytes) else repr(who), "key": redis_key,
+            "exists": bool(exists),
+            "allowed_now": decision.allowed, "capacity": decision.limit,
+            "remaining": decision.remaining, "retry_after": decision.retry_after,
+            "reset_after": decision.reset_after,
+        })
+    return rows
+
+
+__all__ = ["Override", "identity_pairs", "list_overrides", "peeked", "set_override",
+           "task_limit", "unset_override"]

@@ -10,11 +10,11 @@ what needs no task declaration is shown.
 from __future__ import annotations
 
 from dataclasses import asdict
-from functools import partial
 from typing import Any
 
 from ..celery import listing
 from ..celery.keys import short_key, task_id_of
+from ..celery.limits import identity_pairs, peeked
 from ..kv import KV
 from ..primitives.fair_pool import FairPool
 from ..store import metrics
@@ -85,25 +85,7 @@ def limit_state(kv: KV, app: Any, task_name: str, identity: str) -> list[dict[st
     """Each of a task's rate limits for one identity (a task-wide limit's is ''), peeked
     as ``celery kv limits TASK IDENTITY`` shows it: nothing is charged."""
     _task_obj, feature = _task(app, task_name, "rate_limit")
-    rows = []
-    for limit, spec in zip(feature.limits(kv), feature.specs, strict=True):
-        who = identity if spec.key is not None else ""
-        decision = limit.peek(who)
-        redis_key = limit.redis_key(who)
-        rows.append({
-            "limit": limit.name, "rate": str(limit.rate), "algorithm": limit.algorithm,
-            "identity": who, "key": redis_key,
-            "exists": bool(kv.store.command("limit_exists", partial(_exists, redis_key),
-                                            retry_safe=True)),
-            "allowed_now": decision.allowed, "capacity": decision.limit,
-            "remaining": decision.remaining, "retry_after": decision.retry_after,
-            "reset_after": decision.reset_after,
-        })
-    return rows
-
-
-def _exists(key: str, client: Any) -> bool:
-    return bool(client.exists(key))
+    return peeked(kv, identity_pairs(feature, kv, identity))
 
 
 def idempotency_record(kv: KV, app: Any, task_name: str | None, namespace: str | None,

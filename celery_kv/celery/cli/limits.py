@@ -75,9 +75,7 @@ def _task_limits(found: Target, task: Any, identity: str | None,
         )
     if not keyed and identity is not None:
         raise click.UsageError(f"task {task.name!r} has one global limit: give no IDENTITY")
-    limits: list[RateLimit] = feature.limits(found.kv)
-    return [(limit, who if spec.key is not None else "")
-            for limit, spec in zip(limits, feature.specs, strict=True)]
+    return overrides.identity_pairs(feature, found.kv, who)
 
 
 class _LimitsGroup(OneLineGroup):
@@ -131,18 +129,7 @@ def show(ctx: click.Context, task_or_identity: str, identity: str | None, rate: 
             raise click.BadParameter(str(exc)) from None
     else:
         chosen = _task_limits(found, task_of(app_of(ctx), task_or_identity), identity, who)
-    rows: list[dict[str, Any]] = []
-    for limit, who in chosen:
-        decision = limit.peek(who)
-        redis_key = limit.redis_key(who)
-        rows.append({
-            "limit": limit.name, "rate": str(limit.rate), "algorithm": limit.algorithm,
-            "identity": who if not isinstance(who, bytes) else repr(who), "key": redis_key,
-            "exists": bool(found.kv.client.exists(redis_key)),
-            "allowed_now": decision.allowed, "capacity": decision.limit,
-            "remaining": decision.remaining, "retry_after": decision.retry_after,
-            "reset_after": decision.reset_after,
-        })
+    rows = overrides.peeked(found.kv, chosen)
     if as_json:
         emit_json(rows)
         return
